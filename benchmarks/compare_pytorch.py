@@ -1,0 +1,158 @@
+"""capsjax vs a straightforward PyTorch eager CapsNet, timed alternately in one process.
+
+    pip install torch==2.13.0   # not a capsjax dependency; the CPU wheel
+    python benchmarks/compare_pytorch.py --batch-sizes 32,128 --rounds 5 --steps 3
+
+The PyTorch network is the same as capsjax's default CapsNet (nn.Conv2d layers, einsum votes and
+dynamic routing with 3 iterations, masked decoder, margin + 0.0005 * SSE reconstruction loss,
+Adam). Each round times `--steps` train steps of capsjax, then of PyTorch, so both see the same
+machine state; the median step time over rounds is reported. Also measures the fp32 GEMM peak
+(a 4096x4096 matmul) to express each framework's throughput as a fraction of it. The last stdout
+line is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks_common import capsnet_flops_per_image  # noqa: E402  (same folder)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import train_throughput  # noqa: E402
+
+
+def torch_squash(s, dim=-1, eps=1e-7):
+  sq = (s * s).sum(dim=dim, keepdim=True)
+  return sq / (1 + sq) * s / torch.sqrt(sq + eps)
+
+
+class TorchCapsNet(nn.Module):
+  """The paper's MNIST CapsNet, written the way a PyTorch user would."""
+
+  def __init__(self, iters=3):
+    super().__init__()
+    self.iters = iters
+    self.conv1 = nn.Conv2d(1, 256, 9)
+    self.primary = nn.Conv2d(256, 256, 9, stride=2)
+    self.W = nn.Parameter(0.01 * torch.randn(1152, 10, 16, 8))
+    self.decoder = nn.Sequential(nn.Linear(160, 512), nn.ReLU(), nn.Linear(512, 1024), nn.ReLU(),
+                                 nn.Linear(1024, 784), nn.Sigmoid())
+
+  def forward(self, x, labels):
+    x = torch.relu(self.conv1(x))
+    u = self.primary(x)  # [B, 256, 6, 6]
+    b_ = u.shape[0]
+    u = torch_squash(u.permute(0, 2, 3, 1).reshape(b_, -1, 8))
+    u_hat = torch.einsum("ijdk,bik->bijd", self.W, u)
+    logits = torch.zeros(b_, 1152, 10, device=x.device)
+    for it in range(self.iters):
+      c = logits.softmax(dim=-1)
+      v = torch_squash(torch.einsum("bij,bijd->bjd", c, u_hat))
+      if it < self.iters - 1:
+        logits = logits + torch.einsum("bijd,bjd->bij", u_hat, v)
+    lengths = torch.sqrt((v * v).sum(-1) + 1e-7)
+    mask = nn.functional.one_hot(labels, 10).float()
+    recon = self.decoder((v * mask[..., None]).reshape(b_, -1))
+    return lengths, recon, mask
+
+
+def torch_train_step(model, opt, images, labels):
+  lengths, recon, onehot = model(images, labels)
+  margin = (onehot * torch.clamp(0.9 - lengths, min=0) ** 2
+            + 0.5 * (1 - onehot) * torch.clamp(lengths - 0.1, min=0) ** 2).sum(-1)
+  rec = ((recon - images.reshape(images.shape[0], -1)) ** 2).sum(-1)
+  loss = (margin + 0.0005 * rec).mean()
+  opt.zero_grad(set_to_none=True)
+  loss.backward()
+  opt.step()
+  return loss
+
+
+def gemm_gflops(n=4096, reps=3):
+  """Best-of-`reps` fp32 GFLOP/s of an n x n matmul in JAX and in PyTorch."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  mm = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(mm(a))
+  ta = torch.randn(n, n)
+  ta @ ta
+  jt, tt = [], []
+  for _ in range(reps):
+    t0 = time.perf_counter(); jax.block_until_ready(mm(a)); jt.append(time.perf_counter() - t0)
+    t0 = time.perf_counter(); ta @ ta; tt.append(time.perf_counter() - t0)
+  flops = 2 * n ** 3
+  return flops / min(jt) / 1e9, flops / min(tt) / 1e9
+
+
+def compare(batch_size, rounds, steps_per_round):
+  state, train_step, _, images, labels = train_throughput.build(batch_size, 3)
+  j_images, j_labels = jax.device_put(images), jax.device_put(labels)
+  key = jax.random.key(0)
+  state, m = train_step(state, j_images, j_labels, key)
+  jax.block_until_ready(m)
+
+  torch.manual_seed(0)
+  tmodel = TorchCapsNet()
+  topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+  t_images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
+  t_labels = torch.from_numpy(labels).long()
+  torch_train_step(tmodel, topt, t_images, t_labels)  # warm-up
+
+  jax_times, torch_times = [], []
+  for r in range(rounds):
+    # One untimed step after each switch, so neither framework pays for the other's threads
+    # still spinning down or for its caches being cold.
+    state, m = train_step(state, j_images, j_labels, jax.random.fold_in(key, r * 100 + 99))
+    jax.block_until_ready(m)
+    for i in range(steps_per_round):
+      t0 = time.perf_counter()
+      state, m = train_step(state, j_images, j_labels, jax.random.fold_in(key, r * 100 + i))
+      jax.block_until_ready(m)
+      jax_times.append(time.perf_counter() - t0)
+    torch_train_step(tmodel, topt, t_images, t_labels)
+    for _ in range(steps_per_round):
+      t0 = time.perf_counter()
+      torch_train_step(tmodel, topt, t_images, t_labels)
+      torch_times.append(time.perf_counter() - t0)
+  j, t = statistics.median(jax_times), statistics.median(torch_times)
+  return {"batch_size": batch_size, "capsjax_images_per_sec": batch_size / j,
+          "torch_images_per_sec": batch_size / t, "capsjax_over_torch": t / j,
+          "capsjax_step_ms": 1e3 * j, "torch_step_ms": 1e3 * t}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch-sizes", default="32,128")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--steps", type=int, default=3, help="train steps per framework per round")
+  p.add_argument("--threads", type=int, default=os.cpu_count())
+  args = p.parse_args(argv)
+  torch.set_num_threads(args.threads)
+  jax_peak, torch_peak = gemm_gflops()
+  peak = max(jax_peak, torch_peak)
+  flops_img = capsnet_flops_per_image()
+  results = []
+  for bs in [int(b) for b in args.batch_sizes.split(",")]:
+    r = compare(bs, args.rounds, args.steps)
+    for fw in ("capsjax", "torch"):
+      r[f"{fw}_fraction_of_gemm_peak"] = r[f"{fw}_images_per_sec"] * flops_img / 1e9 / peak
+    results.append(r)
+    print(f"batch {bs:4d}: capsjax {r['capsjax_images_per_sec']:7.1f} img/s "
+          f"({r['capsjax_fraction_of_gemm_peak']:.0%} of GEMM peak)   torch "
+          f"{r['torch_images_per_sec']:7.1f} img/s ({r['torch_fraction_of_gemm_peak']:.0%})   "
+          f"ratio {r['capsjax_over_torch']:.2f}x")
+  print(json.dumps({"gemm_gflops_jax": jax_peak, "gemm_gflops_torch": torch_peak,
+                    "train_flops_per_image": flops_img, "backend": jax.default_backend(),
+                    "torch_version": torch.__version__, "jax_version": jax.__version__,
+                    "results": results}))
+
+
+if __name__ == "__main__":
+  main()

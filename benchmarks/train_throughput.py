@@ -1,0 +1,77 @@
+"""Times jitted CapsNet train and eval steps on synthetic MNIST-shaped batches.
+
+    python benchmarks/train_throughput.py --batch-size 128 --steps 10
+
+Compile and a warm-up step are excluded; each timed step ends with `block_until_ready`. The last
+stdout line is one JSON object: train_images_per_sec, eval_images_per_sec, batch_size, backend, ...
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+import capsjax
+from capsjax import steps
+
+
+def build(batch_size: int, routing_iters: int, seed: int = 0):
+  """Model, optimizer, jitted steps and one synthetic uint8 batch."""
+  model = capsjax.CapsNet(routing_iters=routing_iters, rngs=nnx.Rngs(seed))
+  optimizer = nnx.Optimizer(model, steps.make_optimizer(1e-3, 0.96, 2000), wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  train_step = steps.make_train_step(graphdef, max_shift=2, recon_weight=0.0005)
+  eval_step = steps.make_eval_step(graphdef, recon_weight=0.0005)
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (batch_size, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, (batch_size,), dtype=np.int32)
+  return state, train_step, eval_step, images, labels
+
+
+def time_steps(batch_size: int, num_steps: int, routing_iters: int = 3) -> dict:
+  """Median seconds per train and eval step after compile + one warm-up step."""
+  state, train_step, eval_step, images, labels = build(batch_size, routing_iters)
+  images, labels = jax.device_put(images), jax.device_put(labels)
+  key = jax.random.key(0)
+  state, m = train_step(state, images, labels, key)  # compile + warm-up
+  jax.block_until_ready(m)
+  train_times = []
+  for i in range(num_steps):
+    t0 = time.perf_counter()
+    state, m = train_step(state, images, labels, jax.random.fold_in(key, i))
+    jax.block_until_ready(m)
+    train_times.append(time.perf_counter() - t0)
+  jax.block_until_ready(eval_step(state, images, labels))
+  eval_times = []
+  for _ in range(num_steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(eval_step(state, images, labels))
+    eval_times.append(time.perf_counter() - t0)
+  train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
+  return {"train_images_per_sec": batch_size / train_s, "eval_images_per_sec": batch_size / eval_s,
+          "train_step_ms": 1e3 * train_s, "eval_step_ms": 1e3 * eval_s,
+          "batch_size": batch_size, "steps": num_steps, "routing_iters": routing_iters,
+          "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch-size", type=int, default=128)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--routing-iters", type=int, default=3)
+  args = p.parse_args(argv)
+  if args.batch_size < 1 or args.steps < 1 or args.routing_iters < 1:
+    p.error("--batch-size, --steps and --routing-iters must be positive integers")
+  result = time_steps(args.batch_size, args.steps, args.routing_iters)
+  print(f"train: {result['train_images_per_sec']:.1f} images/s ({result['train_step_ms']:.1f} "
+        f"ms/step)  eval: {result['eval_images_per_sec']:.1f} images/s")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

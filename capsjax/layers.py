@@ -1,0 +1,84 @@
+"""Flax NNX layers of CapsNet: Conv1, PrimaryCaps, DigitCaps (with routing) and the Decoder."""
+
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from capsjax import conv
+from capsjax.routing.base import RoutingResult
+from capsjax.squash import squash
+
+
+class Conv2D(nnx.Module):
+  """VALID convolution computed as patches @ kernel (see `capsjax.conv`).
+
+  Input [B, H, W, C_in] -> output [B, OH, OW, C_out]. Parameters: kernel [k, k, C_in, C_out]
+  (HWIO, LeCun-normal init, like `nnx.Conv`) and bias [C_out].
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int = 1, *,
+               rngs: nnx.Rngs):
+    init = jax.nn.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(),
+                                 (kernel_size, kernel_size, in_features, out_features)))
+    self.bias = nnx.Param(jnp.zeros((out_features,)))
+    self.stride = stride
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    return conv.conv2d(x, self.kernel[...], self.bias[...], self.stride)
+
+
+class PrimaryCaps(nnx.Module):
+  """Convolutional capsules: conv (k x k, stride s) to channels*dim maps, reshape, squash.
+
+  Input [B, H, W, C_in] -> output [B, OH*OW*channels, dim] (for MNIST: [B, 1152, 8]).
+  """
+
+  def __init__(self, in_features: int, channels: int, dim: int, kernel_size: int, stride: int,
+               *, rngs: nnx.Rngs):
+    self.conv = Conv2D(in_features, channels * dim, kernel_size, stride, rngs=rngs)
+    self.dim = dim
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    y = self.conv(x)
+    return squash(y.reshape(y.shape[0], -1, self.dim))
+
+
+class DigitCaps(nnx.Module):
+  """Fully connected capsules with routing (Eq. 2 votes, then the injected routing rule).
+
+  Input u [B, N_in, D_in] -> (v [B, N_out, D_out], c [B, N_in, N_out]).
+  W [N_in, N_out, D_out, D_in] holds one 16x8 matrix per (input, output) capsule pair.
+  """
+
+  def __init__(self, num_in: int, in_dim: int, num_out: int, out_dim: int,
+               routing: Callable[..., RoutingResult], num_iters: int,
+               routing_options: Mapping[str, Any] | None = None, *, rngs: nnx.Rngs):
+    self.W = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_in, num_out, out_dim, in_dim)))
+    self.routing = functools.partial(routing, num_iters=num_iters, **dict(routing_options or {}))
+
+  def __call__(self, u: jnp.ndarray) -> RoutingResult:
+    u_hat = jnp.einsum("ijdk,bik->bijd", self.W[...], u)  # Eq. 2: u_hat_j|i = W_ij u_i
+    return jax.vmap(self.routing)(u_hat)
+
+
+class Decoder(nnx.Module):
+  """MLP reconstructing the image from the masked DigitCaps (Fig. 2).
+
+  Input [B, N_out * D_out] -> output [B, H, W, C] in [0, 1] (sigmoid).
+  """
+
+  def __init__(self, in_features: int, hidden: Sequence[int], out_shape: Sequence[int], *,
+               rngs: nnx.Rngs):
+    sizes = [in_features, *hidden, int(jnp.prod(jnp.array(out_shape)))]
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.out_shape = tuple(out_shape)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    for layer in self.layers[:-1]:
+      x = jax.nn.relu(layer(x))
+    x = jax.nn.sigmoid(self.layers[-1](x))
+    return x.reshape(x.shape[0], *self.out_shape)

@@ -1,0 +1,102 @@
+"""CapsNet (Sabour, Frosst & Hinton 2017, Fig. 1-2) as a Flax NNX module."""
+
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from capsjax import conv
+from capsjax.layers import Conv2D, Decoder, DigitCaps, PrimaryCaps
+from capsjax.routing import dynamic_routing
+from capsjax.squash import safe_length
+
+
+class CapsNetOutput(NamedTuple):
+  """CapsNet outputs.
+
+  Attributes:
+    lengths: [B, classes] DigitCaps lengths |v_k| (class scores).
+    v: [B, classes, digit_dim] DigitCaps.
+    reconstructions: [B, H, W, C] decoder output in [0, 1].
+  """
+
+  lengths: jnp.ndarray
+  v: jnp.ndarray
+  reconstructions: jnp.ndarray
+
+
+def _is_concrete(x: Any) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+class CapsNet(nnx.Module):
+  """Conv1 -> PrimaryCaps -> DigitCaps (routing) -> masked Decoder.
+
+  The defaults build the paper's MNIST network: 8,215,568 parameters, 6,804,224 without the
+  decoder. `model(images [B, H, W, C] in [0, 1], labels [B] or None) -> CapsNetOutput`. With labels
+  the decoder sees the true class's capsule (training); without, the longest capsule (testing).
+  """
+
+  def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
+               conv_channels: int = 256, conv_kernel: int = 9, primary_channels: int = 32,
+               primary_dim: int = 8, primary_kernel: int = 9, primary_stride: int = 2,
+               digit_dim: int = 16, routing_iters: int = 3,
+               routing_options: Mapping[str, Any] | None = None,
+               decoder_hidden: Sequence[int] = (512, 1024), rngs: nnx.Rngs):
+    if len(input_shape) != 3 or min(input_shape) < 1:
+      raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
+    if num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    if routing_iters < 1:
+      raise ValueError(f"routing_iters must be >= 1, got {routing_iters}.")
+    h, w, c = input_shape
+    h1, w1 = conv.output_size(h, conv_kernel, 1), conv.output_size(w, conv_kernel, 1)
+    h2 = conv.output_size(h1, primary_kernel, primary_stride)
+    w2 = conv.output_size(w1, primary_kernel, primary_stride)
+    if min(h2, w2) < 1:
+      raise ValueError(f"input_shape {tuple(input_shape)} is too small for a {conv_kernel}x"
+                       f"{conv_kernel} conv followed by a {primary_kernel}x{primary_kernel} "
+                       f"stride-{primary_stride} conv.")
+    self.input_shape = tuple(int(s) for s in input_shape)
+    self.num_classes = num_classes
+    self.num_primary = h2 * w2 * primary_channels
+    self.conv1 = Conv2D(c, conv_channels, conv_kernel, 1, rngs=rngs)
+    self.primary = PrimaryCaps(conv_channels, primary_channels, primary_dim, primary_kernel,
+                               primary_stride, rngs=rngs)
+    self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, digit_dim,
+                            dynamic_routing, routing_iters, routing_options, rngs=rngs)
+    self.decoder = Decoder(num_classes * digit_dim, decoder_hidden, self.input_shape, rngs=rngs)
+
+  def _check_inputs(self, images: jnp.ndarray, labels: jnp.ndarray | None) -> None:
+    shape = tuple(jnp.shape(images))
+    if len(shape) != 4 or shape[1:] != self.input_shape:
+      raise ValueError(f"images must have shape [B, {', '.join(map(str, self.input_shape))}] "
+                       f"(NHWC), got {shape}.")
+    if labels is None:
+      return
+    if tuple(jnp.shape(labels)) != shape[:1]:
+      raise ValueError(f"labels must have shape [{shape[0]}] (one integer class per image), got "
+                       f"{tuple(jnp.shape(labels))}.")
+    if _is_concrete(labels):
+      arr = np.asarray(labels)
+      if arr.size and (arr.min() < 0 or arr.max() >= self.num_classes):
+        raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got values from "
+                         f"{arr.min()} to {arr.max()}.")
+
+  def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None) -> CapsNetOutput:
+    self._check_inputs(images, labels)
+    x = jax.nn.relu(self.conv1(images))
+    u = self.primary(x)
+    v, _ = self.digits(u)
+    lengths = safe_length(v)
+    chosen = labels if labels is not None else jnp.argmax(lengths, axis=-1)
+    mask = jax.nn.one_hot(chosen, self.num_classes, dtype=v.dtype)
+    recon = self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
+    return CapsNetOutput(lengths=lengths, v=v, reconstructions=recon)
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of scalar parameters (nnx.Param) in a module."""
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -1,0 +1,34 @@
+"""Capsule non-linearity (Eq. 1) and a capsule length with a finite gradient at zero."""
+
+import jax.numpy as jnp
+
+DEFAULT_EPS = 1e-7
+
+
+def squash(s: jnp.ndarray, axis: int = -1, eps: float = DEFAULT_EPS) -> jnp.ndarray:
+  """Eq. 1: v = |s|^2 / (1 + |s|^2) * s / |s|.
+
+  The epsilon sits inside the square root (s / sqrt(|s|^2 + eps)), so both the value and the
+  gradient are finite at s = 0; an epsilon added after the norm still gives a NaN gradient there.
+
+  Args:
+    s: [..., D] capsule input (any shape; `axis` is the capsule dimension).
+    axis: the capsule dimension.
+    eps: small positive constant inside the square root.
+
+  Returns:
+    v with the same shape as s and length |v| < 1.
+  """
+  sq = jnp.sum(jnp.square(s), axis=axis, keepdims=True)
+  return (sq / (1.0 + sq)) * s / jnp.sqrt(sq + eps)
+
+
+def safe_length(v: jnp.ndarray, axis: int = -1, eps: float = DEFAULT_EPS) -> jnp.ndarray:
+  """|v| = sqrt(|v|^2 + eps): a capsule length with a finite gradient at v = 0.
+
+  Args:
+    v: [..., D] capsules.
+  Returns:
+    [...] lengths (the `axis` dimension removed).
+  """
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=axis) + eps)

@@ -1,0 +1,82 @@
+"""Jitted train and eval steps over an NNX (model, optimizer) pair split into graphdef + state.
+
+The state pytree is donated to the train step, so parameters and Adam moments are updated in
+place; `nnx.split`/`nnx.merge` happen once outside the loop and inside the traced function only.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from capsjax import losses
+from capsjax.augment import random_shift_batch
+from capsjax.model import CapsNet
+
+
+class StepMetrics(NamedTuple):
+  """Batch sums (not means), so that eval can add them over batches of unequal size."""
+
+  loss: jnp.ndarray
+  margin_loss: jnp.ndarray
+  reconstruction_loss: jnp.ndarray
+  correct: jnp.ndarray
+  count: jnp.ndarray
+
+
+def make_optimizer(learning_rate: float, decay_rate: float, decay_steps: int
+                   ) -> optax.GradientTransformation:
+  """Adam with lr * decay_rate ** (step / decay_steps), staircase like the official code."""
+  schedule = optax.exponential_decay(learning_rate, decay_steps, decay_rate, staircase=True)
+  return optax.adam(schedule)
+
+
+def to_float(images: jnp.ndarray) -> jnp.ndarray:
+  """uint8 [0, 255] -> float32 [0, 1]; float input is passed through."""
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def _losses(model: CapsNet, images, labels, recon_weight, mask_labels):
+  out = model(images, labels if mask_labels else None)
+  onehot = jax.nn.one_hot(labels, model.num_classes)
+  margin = losses.margin_loss(out.lengths, onehot)
+  recon = losses.reconstruction_loss(out.reconstructions, images)
+  loss = losses.total_loss(margin, recon, recon_weight)
+  correct = jnp.sum(jnp.argmax(out.lengths, -1) == labels)
+  return loss, StepMetrics(loss * labels.shape[0], margin.sum(), recon.sum(), correct,
+                           jnp.asarray(labels.shape[0]))
+
+
+def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
+  """Returns jitted `step(state, images uint8 [B,H,W,C], labels [B], key) -> (state, metrics)`.
+
+  `state` is `nnx.split((model, optimizer))[1]` and is donated.
+  """
+
+  def step(state, images, labels, key):
+    model, optimizer = nnx.merge(graphdef, state)
+    x = random_shift_batch(key, to_float(images), max_shift)
+
+    def loss_fn(m):
+      return _losses(m, x, labels, recon_weight, mask_labels=True)
+
+    grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(graphdef: Any, *, recon_weight: float):
+  """Returns jitted `step(state, images, labels) -> StepMetrics` (decoder masked by prediction)."""
+
+  def step(state, images, labels):
+    model, _ = nnx.merge(graphdef, state)
+    _, metrics = _losses(model, to_float(images), labels, recon_weight, mask_labels=False)
+    return metrics
+
+  return jax.jit(step)
