@@ -37,6 +37,7 @@ def time_steps(batch_size: int, num_steps: int, routing_iters: int = 3) -> dict:
   """Median seconds per train and eval step after compile + one warm-up step."""
   state, train_step, eval_step, images, labels = build(batch_size, routing_iters)
   images, labels = jax.device_put(images), jax.device_put(labels)
+  valid = jax.device_put(np.ones(batch_size, bool))
   key = jax.random.key(0)
   state, m = train_step(state, images, labels, key)  # compile + warm-up
   jax.block_until_ready(m)
@@ -46,11 +47,11 @@ def time_steps(batch_size: int, num_steps: int, routing_iters: int = 3) -> dict:
     state, m = train_step(state, images, labels, jax.random.fold_in(key, i))
     jax.block_until_ready(m)
     train_times.append(time.perf_counter() - t0)
-  jax.block_until_ready(eval_step(state, images, labels))
+  jax.block_until_ready(eval_step(state, images, labels, valid))
   eval_times = []
   for _ in range(num_steps):
     t0 = time.perf_counter()
-    jax.block_until_ready(eval_step(state, images, labels))
+    jax.block_until_ready(eval_step(state, images, labels, valid))
     eval_times.append(time.perf_counter() - t0)
   train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
   return {"train_images_per_sec": batch_size / train_s, "eval_images_per_sec": batch_size / eval_s,

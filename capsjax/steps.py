@@ -26,11 +26,15 @@ class StepMetrics(NamedTuple):
   count: jnp.ndarray
 
 
+def make_schedule(learning_rate: float, decay_rate: float, decay_steps: int) -> optax.Schedule:
+  """lr * decay_rate ** floor(step / decay_steps): the official code's staircase decay."""
+  return optax.exponential_decay(learning_rate, decay_steps, decay_rate, staircase=True)
+
+
 def make_optimizer(learning_rate: float, decay_rate: float, decay_steps: int
                    ) -> optax.GradientTransformation:
-  """Adam with lr * decay_rate ** (step / decay_steps), staircase like the official code."""
-  schedule = optax.exponential_decay(learning_rate, decay_steps, decay_rate, staircase=True)
-  return optax.adam(schedule)
+  """Adam with `make_schedule`'s learning rate."""
+  return optax.adam(make_schedule(learning_rate, decay_rate, decay_steps))
 
 
 def to_float(images: jnp.ndarray) -> jnp.ndarray:
@@ -40,15 +44,17 @@ def to_float(images: jnp.ndarray) -> jnp.ndarray:
   return images.astype(jnp.float32)
 
 
-def _losses(model: CapsNet, images, labels, recon_weight, mask_labels):
+def _losses(model: CapsNet, images, labels, recon_weight, mask_labels, valid=None):
+  """Training loss (mean over the batch) and StepMetrics summed over the `valid` examples."""
   out = model(images, labels if mask_labels else None)
   onehot = jax.nn.one_hot(labels, model.num_classes)
   margin = losses.margin_loss(out.lengths, onehot)
   recon = losses.reconstruction_loss(out.reconstructions, images)
   loss = losses.total_loss(margin, recon, recon_weight)
-  correct = jnp.sum(jnp.argmax(out.lengths, -1) == labels)
-  return loss, StepMetrics(loss * labels.shape[0], margin.sum(), recon.sum(), correct,
-                           jnp.asarray(labels.shape[0]))
+  w = jnp.ones_like(margin) if valid is None else valid.astype(margin.dtype)
+  correct = jnp.sum(w * (jnp.argmax(out.lengths, -1) == labels))
+  return loss, StepMetrics(jnp.sum(w * (margin + recon_weight * recon)), jnp.sum(w * margin),
+                           jnp.sum(w * recon), correct, jnp.sum(w))
 
 
 def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
@@ -72,11 +78,16 @@ def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
 
 
 def make_eval_step(graphdef: Any, *, recon_weight: float):
-  """Returns jitted `step(state, images, labels) -> StepMetrics` (decoder masked by prediction)."""
+  """Returns jitted `step(state, images, labels, valid [B] bool) -> StepMetrics`.
 
-  def step(state, images, labels):
+  The decoder is masked by the predicted class (test-time behaviour); padded examples
+  (valid = False) do not count.
+  """
+
+  def step(state, images, labels, valid):
     model, _ = nnx.merge(graphdef, state)
-    _, metrics = _losses(model, to_float(images), labels, recon_weight, mask_labels=False)
+    _, metrics = _losses(model, to_float(images), labels, recon_weight, mask_labels=False,
+                         valid=valid)
     return metrics
 
   return jax.jit(step)

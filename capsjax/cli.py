@@ -1,0 +1,102 @@
+"""`capsjax train` and `capsjax eval`.
+
+    capsjax train --config quick --data-dir ../shared/tensorflow_datasets --workdir runs/quick
+    capsjax eval --workdir runs/quick --data-dir ../shared/tensorflow_datasets
+
+Bad input (missing data, unknown config or dataset, non-positive sizes, unusable workdir) ends
+with one line on stderr saying what was wrong and what is expected, and exit status 2.
+"""
+
+import argparse
+import json
+import sys
+
+from capsjax import data
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, no usage dump
+    sys.stderr.write(f"capsjax: error: {message}\n")
+    sys.exit(EXIT_USAGE)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="capsjax", description="Capsule Networks in JAX: train and evaluate.")
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  t = sub.add_parser("train", help="train (or resume) a CapsNet")
+  t.add_argument("--config", default="quick", help="preset: quick (CPU) or paper (GPU)")
+  t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
+  t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
+  t.add_argument("--dataset", default=None, help=f"one of {', '.join(data.SUPPORTED_DATASETS)}")
+  t.add_argument("--epochs", type=int, default=None)
+  t.add_argument("--max-steps", type=int, default=None)
+  t.add_argument("--batch-size", type=int, default=None)
+  t.add_argument("--routing-iters", type=int, default=None)
+  t.add_argument("--seed", type=int, default=None)
+  t.add_argument("--no-progress", action="store_true", help="no progress bar")
+  e = sub.add_parser("eval", help="evaluate the latest checkpoint on the full test split")
+  e.add_argument("--workdir", required=True)
+  e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
+  e.add_argument("--batch-size", type=int, default=500)
+  return parser
+
+
+def _train(args) -> dict:
+  import dataclasses
+
+  from capsjax import config as config_lib
+  from capsjax import train as train_lib
+
+  config = config_lib.get_preset(args.config)
+  overrides = {"dataset": args.dataset, "epochs": args.epochs, "max_steps": args.max_steps,
+               "batch_size": args.batch_size, "routing_iters": args.routing_iters,
+               "seed": args.seed}
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  if "epochs" in overrides and "max_steps" not in overrides:
+    overrides["max_steps"] = None  # --epochs alone sets the run length
+  config = dataclasses.replace(config, **overrides).validate()
+  if config.dataset not in data.SUPPORTED_DATASETS:
+    raise ValueError(f"unknown dataset {config.dataset!r}; expected one of "
+                     f"{', '.join(data.SUPPORTED_DATASETS)}.")
+  data.resolve_data_dir(args.data_dir)  # fail before any slow import or compile
+  train_lib.prepare_workdir(args.workdir)
+  return train_lib.train(config, args.workdir, args.data_dir, progress=not args.no_progress)
+
+
+def _eval(args) -> dict:
+  from capsjax import steps
+  from capsjax import train as train_lib
+
+  if args.batch_size <= 0:
+    raise ValueError(f"--batch-size must be positive, got {args.batch_size}.")
+  data.resolve_data_dir(args.data_dir)
+  graphdef, state, meta = train_lib.load_for_eval(args.workdir)
+  config = meta["config"]
+  split = data.load_split(config["dataset"], "test", args.data_dir)
+  eval_step = steps.make_eval_step(graphdef, recon_weight=config["recon_weight"])
+  result = train_lib.evaluate(eval_step, state, split, args.batch_size)
+  return {"step": int(meta["step"]), "dataset": config["dataset"],
+          "test_accuracy": result["accuracy"], "test_loss": result["loss"],
+          "test_margin_loss": result["margin_loss"],
+          "test_reconstruction_loss": result["reconstruction_loss"],
+          "test_examples": result["examples"]}
+
+
+def main(argv=None) -> int:
+  args = _build_parser().parse_args(argv)
+  try:
+    result = _train(args) if args.command == "train" else _eval(args)
+  except ValueError as e:
+    sys.stderr.write(f"capsjax: error: {e}\n")
+    return EXIT_USAGE
+  except KeyboardInterrupt:
+    sys.stderr.write("capsjax: interrupted\n")
+    return 130
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

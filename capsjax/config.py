@@ -1,0 +1,67 @@
+"""Training configuration and the named presets in `capsjax/configs/`."""
+
+import dataclasses
+import importlib
+import pkgutil
+
+from capsjax import configs as _configs_pkg
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run depends on. Presets: `capsjax.config.get_preset(name)`."""
+
+  dataset: str = "mnist"
+  batch_size: int = 128
+  epochs: int | None = None  # run length in epochs; max_steps wins when both are set
+  max_steps: int | None = None
+  learning_rate: float = 1e-3
+  decay_rate: float = 0.96  # lr * decay_rate ** floor(step / decay_steps) (official code)
+  decay_steps: int = 2000
+  max_shift: int = 2  # random shift augmentation, pixels
+  recon_weight: float = 0.0005
+  routing_iters: int = 3
+  seed: int = 0
+  log_every: int = 20  # steps between train-metric lines (and progress-bar refreshes)
+  eval_every: int = 0  # steps between full test-set evaluations; 0 = only at the end
+  eval_batch_size: int = 500
+  checkpoint_every: int = 1000  # steps between checkpoints; one is always written at the end
+  keep_checkpoints: int = 3
+
+  def validate(self) -> "TrainConfig":
+    """Raises ValueError naming the first bad setting; returns self."""
+    positive = ("batch_size", "learning_rate", "decay_steps", "routing_iters", "log_every",
+                "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+    for name in positive:
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+    for name in ("epochs", "max_steps"):
+      value = getattr(self, name)
+      if value is not None and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}.")
+    if self.epochs is None and self.max_steps is None:
+      raise ValueError("set epochs or max_steps (the run length).")
+    if not 0 < self.decay_rate <= 1:
+      raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
+    if self.max_shift < 0 or self.eval_every < 0 or self.recon_weight < 0:
+      raise ValueError("max_shift, eval_every and recon_weight must be >= 0.")
+    return self
+
+  def total_steps(self, num_train_examples: int) -> int:
+    """Run length in steps (max_steps if set, else epochs of full batches)."""
+    if self.max_steps is not None:
+      return self.max_steps
+    return self.epochs * (num_train_examples // self.batch_size)
+
+
+def available_presets() -> list[str]:
+  """Names of the config files in capsjax/configs/."""
+  return sorted(m.name for m in pkgutil.iter_modules(_configs_pkg.__path__))
+
+
+def get_preset(name: str) -> TrainConfig:
+  """The TrainConfig of preset `name` (a module in capsjax/configs/ with `get_config()`)."""
+  names = available_presets()
+  if name not in names:
+    raise ValueError(f"unknown config {name!r}; expected one of {', '.join(names)}.")
+  return importlib.import_module(f"capsjax.configs.{name}").get_config()

@@ -1,0 +1,1 @@
+"""Config presets, one file each; every file defines `get_config() -> TrainConfig`."""

@@ -1,0 +1,130 @@
+"""Datasets from a TFDS data_dir (array_record, read with `tfds.data_source`; no TensorFlow).
+
+Each split is decoded once into uint8 numpy arrays held in memory (MNIST: 47 MB), so batches are
+plain fancy indexing: no per-step PNG decoding. Batch order is a pure function of (seed, step),
+which is what makes resuming a run reproduce the uninterrupted data order.
+"""
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SUPPORTED_DATASETS = ("mnist", "fashion_mnist")
+DATA_DIR_ENV = "TFDS_DATA_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in memory: images uint8 [N, H, W, C], labels int32 [N]."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+  """`data_dir`, else $TFDS_DATA_DIR; raises ValueError if neither names a non-empty folder."""
+  if data_dir is None:
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if not data_dir:
+      raise ValueError(f"no data dir given: pass --data-dir DIR or set {DATA_DIR_ENV} to a TFDS "
+                       "data_dir that holds mnist/3.0.1 (array_record).")
+  path = Path(data_dir).expanduser()
+  if not path.is_dir():
+    raise ValueError(f"data dir {str(path)!r} does not exist or is not a directory; expected a "
+                     "TFDS data_dir such as ../shared/tensorflow_datasets.")
+  if not any(path.iterdir()):
+    raise ValueError(f"data dir {str(path)!r} is empty; expected a TFDS data_dir with one folder "
+                     f"per dataset ({', '.join(SUPPORTED_DATASETS)}).")
+  return path
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
+               limit: int | None = None) -> Split:
+  """Reads and decodes a whole split (or its first `limit` examples) into memory.
+
+  Args:
+    name: "mnist" or "fashion_mnist".
+    split: "train" or "test" (any TFDS split string, e.g. "train[:10%]").
+    data_dir: TFDS data_dir; None means $TFDS_DATA_DIR.
+    limit: read only the first `limit` examples (tests, smoke runs).
+  Returns:
+    Split(images uint8 [N, 28, 28, 1], labels int32 [N], num_classes).
+  """
+  if name not in SUPPORTED_DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SUPPORTED_DATASETS)}.")
+  path = resolve_data_dir(data_dir)
+  if not (path / name).is_dir():
+    present = sorted(p.name for p in path.iterdir() if p.is_dir())
+    raise ValueError(f"dataset {name!r} is not in data dir {str(path)!r} (found: "
+                     f"{', '.join(present) or 'nothing'}); prepare it with TFDS "
+                     f"(file_format=array_record) on a machine with internet.")
+  import tensorflow_datasets as tfds  # slow import; only when data is actually read
+
+  try:
+    source = tfds.data_source(name, split=split, data_dir=str(path), download=False)
+  except Exception as e:  # TFDS raises several types for a missing/unprepared dataset
+    raise ValueError(f"could not open {name!r} split {split!r} in {str(path)!r}: {e}") from e
+  n = len(source) if limit is None else min(limit, len(source))
+  if n == 0:
+    raise ValueError(f"{name!r} split {split!r} in {str(path)!r} has no examples.")
+  records = source.__getitems__(range(n))
+  images = np.stack([r["image"] for r in records]).astype(np.uint8)
+  labels = np.asarray([r["label"] for r in records], dtype=np.int32)
+  num_classes = source.dataset_info.features["label"].num_classes
+  return Split(images=images, labels=labels, num_classes=num_classes)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches per epoch (the remainder is dropped; the permutation changes every epoch)."""
+  if batch_size > num_examples:
+    raise ValueError(f"batch size {batch_size} is larger than the dataset ({num_examples}).")
+  return num_examples // batch_size
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Example indices of global training step `step`: [batch_size] int.
+
+  Epoch e = step // steps_per_epoch uses the permutation drawn from (seed, e).
+  """
+  epoch, pos = divmod(step, steps_per_epoch(num_examples, batch_size))
+  return _epoch_permutation(num_examples, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
+
+
+def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Endless (images uint8 [B, H, W, C], labels int32 [B]) from global step `start_step` on."""
+  step = start_step
+  while True:
+    idx = batch_indices(len(split), batch_size, seed, step)
+    yield split.images[idx], split.labels[idx]
+    step += 1
+
+
+def eval_batches(split: Split, batch_size: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(images, labels, mask) over the whole split; the last batch is zero-padded, mask marks
+  real examples, so every batch has the same shape (one compilation)."""
+  n = len(split)
+  for start in range(0, n, batch_size):
+    images = split.images[start:start + batch_size]
+    labels = split.labels[start:start + batch_size]
+    k = len(labels)
+    mask = np.ones(batch_size, bool)
+    if k < batch_size:
+      images = np.concatenate([images, np.zeros((batch_size - k, *images.shape[1:]), np.uint8)])
+      labels = np.concatenate([labels, np.zeros(batch_size - k, np.int32)])
+      mask[k:] = False
+    yield images, labels, mask

@@ -1,0 +1,192 @@
+"""The training loop: data, jitted steps, metrics.jsonl, progress bar, checkpoints, resume."""
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from capsjax import data, steps
+from capsjax.checkpoint import Checkpointer
+from capsjax.config import TrainConfig
+from capsjax.model import CapsNet
+
+# Settings that change the network; a checkpoint is only resumable with the same values.
+MODEL_KEYS = ("input_shape", "num_classes", "routing_iters")
+
+
+def model_settings(config: TrainConfig, split: data.Split) -> dict[str, Any]:
+  """CapsNet constructor arguments for `config` on a dataset like `split`."""
+  return {"input_shape": list(split.images.shape[1:]), "num_classes": int(split.num_classes),
+          "routing_iters": config.routing_iters}
+
+
+def create_state(settings: dict[str, Any], config: TrainConfig):
+  """(graphdef, state) of a fresh (CapsNet, nnx.Optimizer) pair seeded by config.seed."""
+  model = CapsNet(input_shape=tuple(settings["input_shape"]),
+                  num_classes=settings["num_classes"],
+                  routing_iters=settings["routing_iters"], rngs=nnx.Rngs(config.seed))
+  tx = steps.make_optimizer(config.learning_rate, config.decay_rate, config.decay_steps)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  return nnx.split((model, optimizer))
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> Path:
+  """Creates `workdir` if needed; raises ValueError if it cannot be used."""
+  path = Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"workdir {str(path)!r} exists and is not a directory.")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create workdir {str(path)!r}: {e.strerror}.") from e
+  if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+    raise ValueError(f"workdir {str(path)!r} is not readable and writable by this user.")
+  return path
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to `workdir/metrics.jsonl`."""
+
+  def __init__(self, workdir: Path):
+    self.path = workdir / "metrics.jsonl"
+
+  def write(self, record: dict[str, Any]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, float]:
+  """Sums batch metrics on the host and turns them into means."""
+  total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(metrics))
+  n = max(total.count, 1.0)
+  return {"loss": total.loss / n, "margin_loss": total.margin_loss / n,
+          "reconstruction_loss": total.reconstruction_loss / n, "accuracy": total.correct / n,
+          "examples": int(total.count)}
+
+
+def evaluate(eval_step, state, split: data.Split, batch_size: int) -> dict[str, float]:
+  """Full-split evaluation: mean losses and accuracy over every example of `split`."""
+  results = [eval_step(state, *batch) for batch in data.eval_batches(split, batch_size)]
+  return _summarise(results)
+
+
+def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: Path) -> None:
+  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {settings[k]!r}" for k in MODEL_KEYS
+           if saved.get(k) != settings[k]]
+  if diffs:
+    raise ValueError(f"workdir {str(workdir)!r} holds a checkpoint of a different model ("
+                     f"{'; '.join(diffs)}); use a new --workdir or the original settings.")
+
+
+def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None = None,
+          *, train_limit: int | None = None, test_limit: int | None = None,
+          progress: bool = True) -> dict[str, Any]:
+  """Trains (or resumes) a CapsNet and returns the final test metrics.
+
+  Args:
+    config: validated TrainConfig.
+    workdir: holds checkpoints/, metrics.jsonl and config.json; an existing run there is resumed
+      from its latest checkpoint.
+    data_dir: TFDS data_dir (None: $TFDS_DATA_DIR).
+    train_limit, test_limit: use only the first N examples of each split (smoke tests).
+    progress: show a tqdm progress bar (stderr).
+  Returns:
+    {"step", "test_accuracy", "test_loss", ..., "train_seconds"}.
+  """
+  config.validate()
+  workdir = prepare_workdir(workdir)
+  t_start = time.time()
+  train_split = data.load_split(config.dataset, "train", data_dir, limit=train_limit)
+  test_split = data.load_split(config.dataset, "test", data_dir, limit=test_limit)
+  settings = model_settings(config, train_split)
+  total_steps = config.total_steps(len(train_split))
+  data.steps_per_epoch(len(train_split), config.batch_size)  # validates batch size vs data
+
+  graphdef, state = create_state(settings, config)
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  start_step = 0
+  if ckpt.latest_step() is not None:
+    _check_resumable(ckpt.read_meta()["model"], settings, workdir)
+    state, meta = ckpt.restore(state)
+    start_step = int(meta["step"])
+    print(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
+  (workdir / "config.json").write_text(json.dumps(
+      {"config": dataclasses.asdict(config), "model": settings}, indent=2))
+  meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
+
+  train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
+                                     recon_weight=config.recon_weight)
+  eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
+  writer = MetricsWriter(workdir)
+  base_key = jax.random.key(config.seed)
+  schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
+
+  def run_eval(step: int) -> dict[str, Any]:
+    result = evaluate(eval_step, state, test_split, config.eval_batch_size)
+    record = {"step": step, "split": "test", "test_accuracy": result["accuracy"],
+              "test_loss": result["loss"], "test_margin_loss": result["margin_loss"],
+              "test_reconstruction_loss": result["reconstruction_loss"],
+              "test_examples": result["examples"], "elapsed_s": time.time() - t_start}
+    writer.write(record)
+    return record
+
+  batches = data.train_batches(train_split, config.batch_size, config.seed, start_step)
+  pending: list[steps.StepMetrics] = []
+  bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress,
+             dynamic_ncols=True, desc=f"train {config.dataset}")
+  window_start, window_images = time.time(), 0
+  for step in range(start_step, total_steps):
+    images, labels = next(batches)
+    state, metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
+    pending.append(metrics)
+    window_images += len(labels)
+    done = step + 1
+    if done % config.log_every == 0 or done == total_steps:
+      summary = _summarise(pending)  # blocks on the device; the only sync in the loop
+      pending = []
+      rate = window_images / (time.time() - window_start)
+      window_start, window_images = time.time(), 0
+      writer.write({"step": done, "split": "train", "loss": summary["loss"],
+                    "margin_loss": summary["margin_loss"],
+                    "reconstruction_loss": summary["reconstruction_loss"],
+                    "train_accuracy": summary["accuracy"], "images_per_sec": rate,
+                    "learning_rate": float(schedule(done - 1)), "elapsed_s": time.time() - t_start})
+      bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
+                      img_s=f"{rate:.0f}")
+    bar.update(1)
+    if done % config.checkpoint_every == 0 and done < total_steps:
+      ckpt.save(done, state, meta)
+    if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+      bar.write(f"step {done}: test accuracy {run_eval(done)['test_accuracy']:.4%}")
+  bar.close()
+  if ckpt.latest_step() != total_steps:
+    ckpt.save(total_steps, state, meta)
+  ckpt.close()
+  final = run_eval(total_steps)
+  final["train_seconds"] = time.time() - t_start
+  return final
+
+
+def load_for_eval(workdir: str | os.PathLike, step: int | None = None):
+  """Restores (graphdef, state, meta) of checkpoint `step` (default latest) in `workdir`."""
+  path = Path(workdir).expanduser()
+  if not path.is_dir():
+    raise ValueError(f"workdir {str(path)!r} does not exist or is not a directory.")
+  if not os.access(path, os.R_OK | os.X_OK):
+    raise ValueError(f"workdir {str(path)!r} is not readable.")
+  if not (path / "checkpoints").is_dir():
+    raise ValueError(f"workdir {str(path)!r} has no checkpoints/; train into it first.")
+  ckpt = Checkpointer(path)
+  meta = ckpt.read_meta(step)
+  config = TrainConfig(**meta["config"])
+  graphdef, state = create_state(meta["model"], config)
+  state, meta = ckpt.restore(state, step)
+  ckpt.close()
+  return graphdef, state, meta
