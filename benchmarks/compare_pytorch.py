@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import train_throughput  # noqa: E402
+from capsjax.runtime import tune_host_allocator  # noqa: E402
 
 
 def torch_squash(s, dim=-1, eps=1e-7):
@@ -128,6 +129,7 @@ def compare(batch_size, rounds, steps_per_round):
 
 
 def main(argv=None):
+  tune_host_allocator()
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--batch-sizes", default="32,128")
   p.add_argument("--rounds", type=int, default=5)

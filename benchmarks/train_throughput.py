@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 import capsjax
+from capsjax.runtime import tune_host_allocator
 from capsjax import steps
 
 
@@ -61,6 +62,7 @@ def time_steps(batch_size: int, num_steps: int, routing_iters: int = 3) -> dict:
 
 
 def main(argv=None):
+  tune_host_allocator()
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)

@@ -12,6 +12,7 @@ import json
 import sys
 
 from capsjax import data
+from capsjax.runtime import tune_host_allocator
 
 EXIT_USAGE = 2
 
@@ -35,11 +36,17 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--batch-size", type=int, default=None)
   t.add_argument("--routing-iters", type=int, default=None)
   t.add_argument("--seed", type=int, default=None)
+  t.add_argument("--train-examples", type=int, default=None,
+                 help="use only the first N training examples (smoke runs)")
+  t.add_argument("--test-examples", type=int, default=None,
+                 help="evaluate on only the first N test examples (smoke runs)")
   t.add_argument("--no-progress", action="store_true", help="no progress bar")
   e = sub.add_parser("eval", help="evaluate the latest checkpoint on the full test split")
   e.add_argument("--workdir", required=True)
   e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   e.add_argument("--batch-size", type=int, default=500)
+  e.add_argument("--test-examples", type=int, default=None,
+                 help="evaluate on only the first N test examples (default: all)")
   return parser
 
 
@@ -60,21 +67,29 @@ def _train(args) -> dict:
   if config.dataset not in data.SUPPORTED_DATASETS:
     raise ValueError(f"unknown dataset {config.dataset!r}; expected one of "
                      f"{', '.join(data.SUPPORTED_DATASETS)}.")
+  _check_positive(args, "train_examples", "test_examples")
   data.resolve_data_dir(args.data_dir)  # fail before any slow import or compile
   train_lib.prepare_workdir(args.workdir)
-  return train_lib.train(config, args.workdir, args.data_dir, progress=not args.no_progress)
+  return train_lib.train(config, args.workdir, args.data_dir, train_limit=args.train_examples,
+                         test_limit=args.test_examples, progress=not args.no_progress)
+
+
+def _check_positive(args, *names: str) -> None:
+  for name in names:
+    value = getattr(args, name)
+    if value is not None and value <= 0:
+      raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
 
 
 def _eval(args) -> dict:
   from capsjax import steps
   from capsjax import train as train_lib
 
-  if args.batch_size <= 0:
-    raise ValueError(f"--batch-size must be positive, got {args.batch_size}.")
+  _check_positive(args, "batch_size", "test_examples")
   data.resolve_data_dir(args.data_dir)
   graphdef, state, meta = train_lib.load_for_eval(args.workdir)
   config = meta["config"]
-  split = data.load_split(config["dataset"], "test", args.data_dir)
+  split = data.load_split(config["dataset"], "test", args.data_dir, limit=args.test_examples)
   eval_step = steps.make_eval_step(graphdef, recon_weight=config["recon_weight"])
   result = train_lib.evaluate(eval_step, state, split, args.batch_size)
   return {"step": int(meta["step"]), "dataset": config["dataset"],
@@ -86,6 +101,7 @@ def _eval(args) -> dict:
 
 def main(argv=None) -> int:
   args = _build_parser().parse_args(argv)
+  tune_host_allocator()
   try:
     result = _train(args) if args.command == "train" else _eval(args)
   except ValueError as e:

@@ -1,0 +1,36 @@
+"""Host-side runtime tuning for XLA:CPU.
+
+XLA:CPU allocates each step's large temporaries afresh. With glibc's defaults, allocations above
+the mmap threshold are mapped and unmapped every step, so every step pays a page fault per 4 KiB
+of activations (measured here: ~0.3 ms per MB, a sixth of a CapsNet train step). Keeping freed
+memory in a single heap makes the next step reuse already-mapped pages.
+"""
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+
+
+def tune_host_allocator() -> bool:
+  """Tells glibc malloc to keep freed memory for reuse (no per-allocation mmap, no trimming,
+  one arena). Process-wide; call once at program start, ideally before importing jax.
+
+  Returns:
+    True if glibc accepted the settings, False elsewhere (macOS, musl, ...), where it is a no-op.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+  ok = mallopt(_M_ARENA_MAX, 1)
+  ok &= mallopt(_M_MMAP_MAX, 0)
+  ok &= mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+  return bool(ok)

@@ -1,0 +1,96 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import capsjax
+from capsjax import conv
+from conftest import tiny_capsnet
+
+
+def test_paper_parameter_counts():
+  model = capsjax.CapsNet(rngs=nnx.Rngs(0))
+  total = capsjax.count_params(model)
+  decoder = capsjax.count_params(model.decoder)
+  assert total == 8_215_568  # paper: 8.2M
+  assert total - decoder == 6_804_224  # paper: 6.8M without the decoder
+  assert model.digits.W.shape == (1152, 10, 16, 8)
+  assert model.num_primary == 1152
+
+
+@pytest.mark.parametrize("shape,kernel,stride", [((2, 28, 28, 1), 9, 1), ((2, 20, 20, 6), 9, 2),
+                                                 ((1, 11, 9, 3), 3, 2)])
+def test_conv_matches_lax(shape, kernel, stride):
+  k1, k2 = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(k1, shape)
+  w = jax.random.normal(k2, (kernel, kernel, shape[-1], 5))
+  b = jnp.arange(5.0)
+  ref = jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  np.testing.assert_allclose(conv.conv2d(x, w, b, stride), ref, rtol=1e-4, atol=1e-4)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  g_ours = jax.grad(loss(lambda x, w: conv.conv2d(x, w, b, stride)), argnums=(0, 1))(x, w)
+  g_ref = jax.grad(loss(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))), (0, 1))(x, w)
+  for a, r in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+
+
+class CapsNetTest(chex.TestCase):
+
+  def setUp(self):
+    self.model = tiny_capsnet()
+    self.images = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_output_shapes(self):
+    out = self.variant(lambda x: self.model(x))(self.images)
+    chex.assert_shape(out.lengths, (3, 10))
+    chex.assert_shape(out.v, (3, 10, 6))
+    chex.assert_shape(out.reconstructions, (3, 28, 28, 1))
+    self.assertTrue(bool(jnp.all((out.lengths > 0) & (out.lengths < 1))))
+    self.assertTrue(bool(jnp.all((out.reconstructions >= 0) & (out.reconstructions <= 1))))
+
+  def test_decoder_masked_by_label_or_longest_capsule(self):
+    labels = jnp.array([0, 5, 9])
+    with_labels = self.model(self.images, labels)
+    predicted = self.model(self.images)
+    v = predicted.v
+    for chosen, out in [(labels, with_labels), (jnp.argmax(predicted.lengths, -1), predicted)]:
+      masked = v * jax.nn.one_hot(chosen, 10)[..., None]
+      np.testing.assert_allclose(out.reconstructions, self.model.decoder(masked.reshape(3, -1)),
+                                 rtol=1e-5, atol=1e-6)
+    # Capsules themselves do not depend on the labels; only the decoder input does.
+    np.testing.assert_allclose(with_labels.v, v, rtol=1e-6)
+    other = self.model(self.images, jnp.array([1, 6, 8]))
+    self.assertGreater(float(jnp.abs(other.reconstructions - with_labels.reconstructions).max()),
+                       1e-6)
+
+  def test_other_input_shapes_and_classes(self):
+    model = tiny_capsnet(input_shape=(32, 32, 3), num_classes=4, routing_iters=1)
+    out = model(jnp.zeros((2, 32, 32, 3)), jnp.array([0, 3]))
+    chex.assert_shape(out.lengths, (2, 4))
+    chex.assert_shape(out.reconstructions, (2, 32, 32, 3))
+    self.assertEqual(model.num_primary, 8 * 8 * 4)
+
+  def test_bad_images_raise(self):
+    for bad in (jnp.zeros((28, 28, 1)), jnp.zeros((2, 28, 28, 3)), jnp.zeros((2, 1, 28, 28)),
+                jnp.zeros((2, 32, 32, 1))):
+      with self.assertRaisesRegex(ValueError, r"\[B, 28, 28, 1\]"):
+        self.model(bad)
+
+  def test_bad_labels_raise(self):
+    with self.assertRaisesRegex(ValueError, r"\[0, 9\]"):
+      self.model(self.images, jnp.array([0, 10, 1]))
+    with self.assertRaisesRegex(ValueError, r"\[0, 9\]"):
+      self.model(self.images, jnp.array([-1, 0, 1]))
+    with self.assertRaisesRegex(ValueError, "labels must have shape"):
+      self.model(self.images, jnp.array([0, 1]))
+
+  def test_bad_constructor_arguments_raise(self):
+    with self.assertRaisesRegex(ValueError, "routing_iters"):
+      tiny_capsnet(routing_iters=0)
+    with self.assertRaisesRegex(ValueError, "too small"):
+      tiny_capsnet(input_shape=(12, 12, 1))
