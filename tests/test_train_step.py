@@ -100,3 +100,15 @@ def test_checkpoint_keeps_last_n(tmp_path):
   for s in (1, 2, 3):
     ckpt.save(s, state, {})
   assert ckpt.all_steps() == [2, 3]
+
+
+def test_training_is_deterministic_given_seed():
+  images, labels = _batch()
+  finals = []
+  for _ in range(2):
+    graphdef, state = _state(seed=3)
+    step = steps.make_train_step(graphdef, max_shift=2, recon_weight=0.0005)
+    for i in range(3):
+      state, _ = step(state, images, labels, jax.random.fold_in(jax.random.key(3), i))
+    finals.append(jax.tree.map(np.array, state.to_pure_dict()))
+  jax.tree.map(np.testing.assert_array_equal, *finals)
