@@ -25,7 +25,7 @@ def test_paper_parameter_counts():
 def test_conv_matches_lax(shape, kernel, stride):
   k1, k2 = jax.random.split(jax.random.key(0))
   x = jax.random.normal(k1, shape)
-  w = jax.random.normal(k2, (kernel, kernel, shape[-1], 5))
+  w = jax.random.normal(k2, (kernel, kernel, shape[-1], 5)) / (kernel * shape[-1] ** 0.5)
   b = jnp.arange(5.0)
   ref = jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
@@ -33,7 +33,8 @@ def test_conv_matches_lax(shape, kernel, stride):
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
   g_ours = jax.grad(loss(lambda x, w: conv.conv2d(x, w, b, stride)), argnums=(0, 1))(x, w)
   g_ref = jax.grad(loss(lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))), (0, 1))(x, w)
+      x, w, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b),
+                   (0, 1))(x, w)
   for a, r in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
 
