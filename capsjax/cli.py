@@ -36,6 +36,10 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--batch-size", type=int, default=None)
   t.add_argument("--routing-iters", type=int, default=None)
   t.add_argument("--seed", type=int, default=None)
+  t.add_argument("--eval-every", type=int, default=None,
+                 help="steps between full test-set evaluations (0: only at the end)")
+  t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+  t.add_argument("--keep-checkpoints", type=int, default=None, help="how many to keep")
   t.add_argument("--train-examples", type=int, default=None,
                  help="use only the first N training examples (smoke runs)")
   t.add_argument("--test-examples", type=int, default=None,
@@ -59,7 +63,9 @@ def _train(args) -> dict:
   config = config_lib.get_preset(args.config)
   overrides = {"dataset": args.dataset, "epochs": args.epochs, "max_steps": args.max_steps,
                "batch_size": args.batch_size, "routing_iters": args.routing_iters,
-               "seed": args.seed}
+               "seed": args.seed, "eval_every": args.eval_every,
+               "checkpoint_every": args.checkpoint_every,
+               "keep_checkpoints": args.keep_checkpoints}
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if "epochs" in overrides and "max_steps" not in overrides:
     overrides["max_steps"] = None  # --epochs alone sets the run length

@@ -166,10 +166,13 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     if config.eval_every and done % config.eval_every == 0 and done < total_steps:
       bar.write(f"step {done}: test accuracy {run_eval(done)['test_accuracy']:.4%}")
   bar.close()
-  if ckpt.latest_step() != total_steps:
+  final_step = max(start_step, total_steps)
+  if start_step >= total_steps:
+    print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
+  elif ckpt.latest_step() != total_steps:
     ckpt.save(total_steps, state, meta)
   ckpt.close()
-  final = run_eval(total_steps)
+  final = run_eval(final_step)
   final["train_seconds"] = time.time() - t_start
   return final
 

@@ -22,7 +22,7 @@ def _run(*args, env=None):
 def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   workdir = tmp_path / "run"
   first = _run("train", "--config", "quick", "--data-dir", data_dir, "--workdir", str(workdir),
-               "--max-steps", "3", *SMOKE)
+               "--max-steps", "3", "--checkpoint-every", "2", "--keep-checkpoints", "2", *SMOKE)
   assert first.returncode == 0, first.stderr
   result = json.loads(first.stdout.strip().splitlines()[-1])
   assert result["step"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
@@ -33,13 +33,16 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   for key in ("loss", "margin_loss", "reconstruction_loss", "train_accuracy", "images_per_sec"):
     assert key in train_rec
   assert (workdir / "config.json").exists()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "3"]
 
   # Same workdir, longer run: resumes from step 3 instead of starting over.
   second = _run("train", "--config", "quick", "--workdir", str(workdir), "--max-steps", "5",
-                *SMOKE, env={"TFDS_DATA_DIR": data_dir})
+                "--checkpoint-every", "2", "--keep-checkpoints", "2", *SMOKE,
+                env={"TFDS_DATA_DIR": data_dir})
   assert second.returncode == 0, second.stderr
   assert "Resuming from checkpoint at step 3" in second.stdout
   assert json.loads(second.stdout.strip().splitlines()[-1])["step"] == 5
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "5"]
 
   ev = _run("eval", "--workdir", str(workdir), "--data-dir", data_dir, "--test-examples", "100")
   assert ev.returncode == 0, ev.stderr
