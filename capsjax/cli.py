@@ -51,6 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
   e.add_argument("--batch-size", type=int, default=500)
   e.add_argument("--test-examples", type=int, default=None,
                  help="evaluate on only the first N test examples (default: all)")
+  e.add_argument("--no-progress", action="store_true", help="no progress bar")
   return parser
 
 
@@ -97,7 +98,8 @@ def _eval(args) -> dict:
   config = meta["config"]
   split = data.load_split(config["dataset"], "test", args.data_dir, limit=args.test_examples)
   eval_step = steps.make_eval_step(graphdef, recon_weight=config["recon_weight"])
-  result = train_lib.evaluate(eval_step, state, split, args.batch_size)
+  result = train_lib.evaluate(eval_step, state, split, args.batch_size,
+                              progress=not args.no_progress)
   return {"step": int(meta["step"]), "dataset": config["dataset"],
           "test_accuracy": result["accuracy"], "test_loss": result["loss"],
           "test_margin_loss": result["margin_loss"],

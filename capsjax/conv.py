@@ -1,15 +1,19 @@
 """2-D convolution as an explicit patch gather followed by one GEMM.
 
 XLA:CPU's native convolution is slow for CapsNet's 9x9 kernels (its backward pass is ~20x slower
-than a matmul of the same FLOPs on the CPUs we measured), so the layers use this formulation:
-patches are gathered with precomputed indices and contracted with the kernel in a single large
-matmul, and autodiff turns the gather into a scatter-add. On GPU the same code runs unchanged.
+than a matmul of the same FLOPs on the CPUs we measured), so on CPU the layers use this
+formulation: patches are gathered with precomputed indices and contracted with the kernel in a
+single large matmul, and autodiff turns the gather into a scatter-add. On GPU/TPU, `impl="auto"`
+uses the backend's native convolution (cuDNN), which is the fast path there.
 """
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+IMPLEMENTATIONS = ("auto", "gemm", "native")
 
 
 def output_size(size: int, kernel: int, stride: int) -> int:
@@ -39,7 +43,8 @@ def extract_patches(x: jnp.ndarray, kernel: int, stride: int) -> jnp.ndarray:
   return x.reshape(b, h * w, c)[:, idx].reshape(b, idx.shape[0], kernel * kernel * c)
 
 
-def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, stride: int) -> jnp.ndarray:
+def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, stride: int,
+           impl: str = "auto") -> jnp.ndarray:
   """VALID 2-D convolution, numerically equal to `lax.conv_general_dilated` (NHWC, HWIO).
 
   Args:
@@ -47,9 +52,19 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, stride: int) 
     kernel: [k, k, C_in, C_out].
     bias: [C_out].
     stride: the same in both spatial dimensions.
+    impl: "gemm" (patch gather + one matmul), "native" (`lax.conv_general_dilated`) or "auto"
+      (gemm on CPU, native elsewhere).
   Returns:
     [B, OH, OW, C_out].
   """
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}.")
+  if impl == "auto":
+    impl = "gemm" if jax.default_backend() == "cpu" else "native"
+  if impl == "native":
+    y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
   k, _, c_in, c_out = kernel.shape
   b, h, w, _ = x.shape
   oh, ow = output_size(h, k, stride), output_size(w, k, stride)

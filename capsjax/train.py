@@ -71,9 +71,14 @@ def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, float]:
           "examples": int(total.count)}
 
 
-def evaluate(eval_step, state, split: data.Split, batch_size: int) -> dict[str, float]:
+def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: bool = False
+             ) -> dict[str, float]:
   """Full-split evaluation: mean losses and accuracy over every example of `split`."""
-  results = [eval_step(state, *batch) for batch in data.eval_batches(split, batch_size)]
+  num_batches = -(-len(split) // batch_size)
+  batches = tqdm(data.eval_batches(split, batch_size), total=num_batches, unit="batch",
+                 desc="eval", disable=not progress, dynamic_ncols=True, leave=False)
+  results = [jax.block_until_ready(eval_step(state, *batch)) if progress else
+             eval_step(state, *batch) for batch in batches]
   return _summarise(results)
 
 
@@ -129,7 +134,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
   def run_eval(step: int) -> dict[str, Any]:
-    result = evaluate(eval_step, state, test_split, config.eval_batch_size)
+    result = evaluate(eval_step, state, test_split, config.eval_batch_size, progress)
     record = {"step": step, "split": "test", "test_accuracy": result["accuracy"],
               "test_loss": result["loss"], "test_margin_loss": result["margin_loss"],
               "test_reconstruction_loss": result["reconstruction_loss"],

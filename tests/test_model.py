@@ -29,14 +29,20 @@ def test_conv_matches_lax(shape, kernel, stride):
   b = jnp.arange(5.0)
   ref = jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-  np.testing.assert_allclose(conv.conv2d(x, w, b, stride), ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(conv.conv2d(x, w, b, stride, "gemm"), ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(conv.conv2d(x, w, b, stride, "native"), ref, rtol=1e-6, atol=1e-6)
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-  g_ours = jax.grad(loss(lambda x, w: conv.conv2d(x, w, b, stride)), argnums=(0, 1))(x, w)
+  g_ours = jax.grad(loss(lambda x, w: conv.conv2d(x, w, b, stride, "gemm")), argnums=(0, 1))(x, w)
   g_ref = jax.grad(loss(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b),
                    (0, 1))(x, w)
   for a, r in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_rejects_unknown_impl():
+  with pytest.raises(ValueError, match="impl must be one of auto, gemm, native"):
+    conv.conv2d(jnp.zeros((1, 9, 9, 1)), jnp.zeros((9, 9, 1, 1)), jnp.zeros(1), 1, "fft")
 
 
 class CapsNetTest(chex.TestCase):
