@@ -8,6 +8,7 @@ with one line on stderr saying what was wrong and what is expected, and exit sta
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -56,8 +57,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> dict:
-  import dataclasses
-
   from capsjax import config as config_lib
   from capsjax import train as train_lib
 
@@ -71,9 +70,7 @@ def _train(args) -> dict:
   if "epochs" in overrides and "max_steps" not in overrides:
     overrides["max_steps"] = None  # --epochs alone sets the run length
   config = dataclasses.replace(config, **overrides).validate()
-  if config.dataset not in data.SUPPORTED_DATASETS:
-    raise ValueError(f"unknown dataset {config.dataset!r}; expected one of "
-                     f"{', '.join(data.SUPPORTED_DATASETS)}.")
+  data.check_dataset(config.dataset)
   _check_positive(args, "train_examples", "test_examples")
   data.resolve_data_dir(args.data_dir)  # fail before any slow import or compile
   train_lib.prepare_workdir(args.workdir)
@@ -100,11 +97,7 @@ def _eval(args) -> dict:
   eval_step = steps.make_eval_step(graphdef, recon_weight=config["recon_weight"])
   result = train_lib.evaluate(eval_step, state, split, args.batch_size,
                               progress=not args.no_progress)
-  return {"step": int(meta["step"]), "dataset": config["dataset"],
-          "test_accuracy": result["accuracy"], "test_loss": result["loss"],
-          "test_margin_loss": result["margin_loss"],
-          "test_reconstruction_loss": result["reconstruction_loss"],
-          "test_examples": result["examples"]}
+  return {"dataset": config["dataset"], **train_lib.test_record(int(meta["step"]), result)}
 
 
 def main(argv=None) -> int:

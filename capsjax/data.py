@@ -46,6 +46,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
   return path
 
 
+def check_dataset(name: str) -> None:
+  """Raises ValueError unless `name` is a supported dataset."""
+  if name not in SUPPORTED_DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SUPPORTED_DATASETS)}.")
+
+
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
                limit: int | None = None) -> Split:
   """Reads and decodes a whole split (or its first `limit` examples) into memory.
@@ -58,8 +64,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
   Returns:
     Split(images uint8 [N, 28, 28, 1], labels int32 [N], num_classes).
   """
-  if name not in SUPPORTED_DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SUPPORTED_DATASETS)}.")
+  check_dataset(name)
   path = resolve_data_dir(data_dir)
   if not (path / name).is_dir():
     present = sorted(p.name for p in path.iterdir() if p.is_dir())

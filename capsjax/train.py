@@ -82,6 +82,14 @@ def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: boo
   return _summarise(results)
 
 
+def test_record(step: int, result: dict[str, float]) -> dict[str, Any]:
+  """The metrics.jsonl / CLI record of an `evaluate` result on the test split."""
+  return {"step": step, "split": "test", "test_accuracy": result["accuracy"],
+          "test_loss": result["loss"], "test_margin_loss": result["margin_loss"],
+          "test_reconstruction_loss": result["reconstruction_loss"],
+          "test_examples": result["examples"]}
+
+
 def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: Path) -> None:
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {settings[k]!r}" for k in MODEL_KEYS
            if saved.get(k) != settings[k]]
@@ -119,9 +127,12 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   start_step = 0
   if ckpt.latest_step() is not None:
     _check_resumable(ckpt.read_meta()["model"], settings, workdir)
-    state, meta = ckpt.restore(state)
-    start_step = int(meta["step"])
+    state, saved = ckpt.restore(state)
+    start_step = int(saved["step"])
     print(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
+    if saved["seed"] != config.seed:  # data order and augmentation keys follow the run's seed
+      print(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
+      config = dataclasses.replace(config, seed=saved["seed"])
   (workdir / "config.json").write_text(json.dumps(
       {"config": dataclasses.asdict(config), "model": settings}, indent=2))
   meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
@@ -135,10 +146,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
 
   def run_eval(step: int) -> dict[str, Any]:
     result = evaluate(eval_step, state, test_split, config.eval_batch_size, progress)
-    record = {"step": step, "split": "test", "test_accuracy": result["accuracy"],
-              "test_loss": result["loss"], "test_margin_loss": result["margin_loss"],
-              "test_reconstruction_loss": result["reconstruction_loss"],
-              "test_examples": result["examples"], "elapsed_s": time.time() - t_start}
+    record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
     writer.write(record)
     return record
 
