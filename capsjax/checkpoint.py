@@ -29,7 +29,8 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    """Steps of all complete checkpoints kept, oldest first."""
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: nnx.State, meta: dict[str, Any]) -> None:
     """Writes checkpoint `step` (overwriting nothing; Orbax finalises it atomically)."""
@@ -66,4 +67,5 @@ class Checkpointer:
     return step
 
   def close(self) -> None:
+    """Waits for pending writes and releases the manager."""
     self.manager.close()

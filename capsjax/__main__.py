@@ -1,0 +1,7 @@
+"""`python -m capsjax ...` is the same as the `capsjax` command."""
+
+import sys
+
+from capsjax.cli import main
+
+sys.exit(main())
