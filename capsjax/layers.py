@@ -1,6 +1,7 @@
 """Flax NNX layers of CapsNet: Conv1, PrimaryCaps, DigitCaps (with routing) and the Decoder."""
 
 import functools
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -73,7 +74,7 @@ class Decoder(nnx.Module):
 
   def __init__(self, in_features: int, hidden: Sequence[int], out_shape: Sequence[int], *,
                rngs: nnx.Rngs):
-    sizes = [in_features, *hidden, int(jnp.prod(jnp.array(out_shape)))]
+    sizes = [in_features, *hidden, math.prod(out_shape)]
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
     self.out_shape = tuple(out_shape)
 
