@@ -13,7 +13,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 import capsjax
