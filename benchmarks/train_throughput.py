@@ -13,20 +13,21 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
-import capsjax
-from capsjax.runtime import tune_host_allocator
 from capsjax import steps
+from capsjax.config import TrainConfig
+from capsjax.runtime import tune_host_allocator
+from capsjax.train import create_state
 
 
 def build(batch_size: int, routing_iters: int, seed: int = 0):
-  """Model, optimizer, jitted steps and one synthetic uint8 batch."""
-  model = capsjax.CapsNet(routing_iters=routing_iters, rngs=nnx.Rngs(seed))
-  optimizer = nnx.Optimizer(model, steps.make_optimizer(1e-3, 0.96, 2000), wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  train_step = steps.make_train_step(graphdef, max_shift=2, recon_weight=0.0005)
-  eval_step = steps.make_eval_step(graphdef, recon_weight=0.0005)
+  """Paper's MNIST CapsNet + Adam (TrainConfig defaults), jitted steps, one synthetic batch."""
+  config = TrainConfig(batch_size=batch_size, routing_iters=routing_iters, seed=seed)
+  settings = {"input_shape": [28, 28, 1], "num_classes": 10, "routing_iters": routing_iters}
+  graphdef, state = create_state(settings, config)
+  train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
+                                     recon_weight=config.recon_weight)
+  eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (batch_size, 28, 28, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, (batch_size,), dtype=np.int32)

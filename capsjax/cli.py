@@ -69,11 +69,8 @@ def _train(args) -> dict:
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if "epochs" in overrides and "max_steps" not in overrides:
     overrides["max_steps"] = None  # --epochs alone sets the run length
-  config = dataclasses.replace(config, **overrides).validate()
-  data.check_dataset(config.dataset)
+  config = dataclasses.replace(config, **overrides)
   _check_positive(args, "train_examples", "test_examples")
-  data.resolve_data_dir(args.data_dir)  # fail before any slow import or compile
-  train_lib.prepare_workdir(args.workdir)
   return train_lib.train(config, args.workdir, args.data_dir, train_limit=args.train_examples,
                          test_limit=args.test_examples, progress=not args.no_progress)
 

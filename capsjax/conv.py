@@ -3,8 +3,8 @@
 XLA:CPU's native convolution is slow for CapsNet's 9x9 kernels (its backward pass is ~20x slower
 than a matmul of the same FLOPs on the CPUs we measured), so on CPU the layers use this
 formulation: patches are gathered with precomputed indices and contracted with the kernel in a
-single large matmul, and autodiff turns the gather into a scatter-add. On GPU/TPU, `impl="auto"`
-uses the backend's native convolution (cuDNN), which is the fast path there.
+single large matmul, and autodiff turns the gather into a scatter-add. On other backends
+`impl="auto"` uses XLA's native convolution (not yet measured on a GPU here).
 """
 
 import functools

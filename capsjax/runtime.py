@@ -20,10 +20,12 @@ _M_ARENA_MAX = -8
 
 def tune_host_allocator() -> bool:
   """Tells glibc malloc to keep freed memory for reuse (no per-allocation mmap, no trimming,
-  one arena). Process-wide; call once at program start, ideally before importing jax.
+  one arena). Process-wide; call once at program start, before the first train step (the CLI
+  calls it after jax is imported, which works).
 
-  The price is resident memory: freed memory is kept, not returned to the OS (the `quick` run's
-  peak RSS went from 2.5 GB to 5.7 GB). Setting CAPSJAX_TUNE_MALLOC=0 turns this off.
+  The price is resident memory: freed memory is kept, not returned to the OS (peak RSS of a
+  100-step `quick` run: 7.4 GB with it, 2.5 GB without; 108 vs 80 images/s). Setting
+  CAPSJAX_TUNE_MALLOC=0 turns this off.
 
   Returns:
     True if glibc accepted the settings; False where it was turned off or is not glibc.

@@ -114,6 +114,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     {"step", "test_accuracy", "test_loss", ..., "train_seconds"}.
   """
   config.validate()
+  data.check_dataset(config.dataset)
+  data.resolve_data_dir(data_dir)  # bad input fails before the workdir is created
   workdir = prepare_workdir(workdir)
   t_start = time.time()
   train_split = data.load_split(config.dataset, "train", data_dir, limit=train_limit)
@@ -182,7 +184,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   final_step = max(start_step, total_steps)
   if start_step >= total_steps:
     print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
-  elif ckpt.latest_step() != total_steps:
+  else:
     ckpt.save(total_steps, state, meta)
   ckpt.close()
   final = run_eval(final_step)
