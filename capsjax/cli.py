@@ -8,6 +8,7 @@ with one line on stderr saying what was wrong and what is expected, and exit sta
 """
 
 import argparse
+import ast
 import dataclasses
 import json
 import sys
@@ -35,7 +36,13 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--epochs", type=int, default=None)
   t.add_argument("--max-steps", type=int, default=None)
   t.add_argument("--batch-size", type=int, default=None)
+  t.add_argument("--routing", default=None,
+                 help="routing rule: a name from capsjax.routing.available() (default dynamic)")
   t.add_argument("--routing-iters", type=int, default=None)
+  t.add_argument("--routing-option", action="append", default=[], metavar="KEY=VALUE",
+                 help="keyword option of the routing rule (repeatable), e.g. leaky=true")
+  t.add_argument("--vote-chunk-size", type=int, default=None,
+                 help="dynamic routing: compute votes N input capsules at a time (less memory)")
   t.add_argument("--seed", type=int, default=None)
   t.add_argument("--eval-every", type=int, default=None,
                  help="steps between full test-set evaluations (0: only at the end)")
@@ -62,17 +69,39 @@ def _train(args) -> dict:
 
   config = config_lib.get_preset(args.config)
   overrides = {"dataset": args.dataset, "epochs": args.epochs, "max_steps": args.max_steps,
-               "batch_size": args.batch_size, "routing_iters": args.routing_iters,
+               "batch_size": args.batch_size, "routing": args.routing,
+               "routing_iters": args.routing_iters, "vote_chunk_size": args.vote_chunk_size,
                "seed": args.seed, "eval_every": args.eval_every,
                "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints}
   overrides = {k: v for k, v in overrides.items() if v is not None}
+  if args.routing_option:
+    overrides["routing_options"] = _parse_options(args.routing_option)
   if "epochs" in overrides and "max_steps" not in overrides:
     overrides["max_steps"] = None  # --epochs alone sets the run length
   config = dataclasses.replace(config, **overrides)
   _check_positive(args, "train_examples", "test_examples")
   return train_lib.train(config, args.workdir, args.data_dir, train_limit=args.train_examples,
                          test_limit=args.test_examples, progress=not args.no_progress)
+
+
+def _parse_options(items: list[str]) -> dict:
+  """["leaky=true", "final_lambda=1.5"] -> {"leaky": True, "final_lambda": 1.5}: JSON or Python
+  literals (true / True both work); anything else stays a string."""
+  options = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key.isidentifier():
+      raise ValueError(f"--routing-option expects KEY=VALUE with KEY a Python identifier, got "
+                       f"{item!r}.")
+    try:
+      options[key] = json.loads(value)
+    except json.JSONDecodeError:
+      try:
+        options[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        options[key] = value
+  return options
 
 
 def _check_positive(args, *names: str) -> None:

@@ -5,6 +5,7 @@ import importlib
 import pkgutil
 
 from capsjax import configs as _configs_pkg
+from capsjax import routing as routing_lib
 
 
 @dataclasses.dataclass
@@ -20,7 +21,10 @@ class TrainConfig:
   decay_steps: int = 2000
   max_shift: int = 2  # random shift augmentation, pixels
   recon_weight: float = 0.0005
+  routing: str = "dynamic"  # a name from capsjax.routing.available()
   routing_iters: int = 3
+  routing_options: dict = dataclasses.field(default_factory=dict)  # keyword options of the rule
+  vote_chunk_size: int | None = None  # dynamic routing only: memory-efficient chunked votes
   seed: int = 0
   log_every: int = 20  # steps between train-metric lines (and progress-bar refreshes)
   eval_every: int = 0  # steps between full test-set evaluations; 0 = only at the end
@@ -43,6 +47,11 @@ class TrainConfig:
       raise ValueError("set epochs or max_steps (the run length).")
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
+    routing_lib.check_options(self.routing, self.routing_options)
+    if self.vote_chunk_size is not None and (self.routing != "dynamic" or
+                                             self.vote_chunk_size <= 0):
+      raise ValueError(f"vote_chunk_size must be positive and needs routing 'dynamic', got "
+                       f"{self.vote_chunk_size} with routing {self.routing!r}.")
     if self.max_shift < 0 or self.eval_every < 0 or self.recon_weight < 0:
       raise ValueError("max_shift, eval_every and recon_weight must be >= 0.")
     return self

@@ -2,15 +2,16 @@
 
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from capsjax import conv
+from capsjax import routing as routing_lib
 from capsjax.routing.base import RoutingResult
-from capsjax.squash import squash
+from capsjax.squash import safe_length, squash
 
 
 class Conv2D(nnx.Module):
@@ -49,21 +50,50 @@ class PrimaryCaps(nnx.Module):
 
 
 class DigitCaps(nnx.Module):
-  """Fully connected capsules with routing (Eq. 2 votes, then the injected routing rule).
+  """Fully connected capsules with routing (Eq. 2 votes, then the routing rule picked by name).
 
-  Input u [B, N_in, D_in] -> (v [B, N_out, D_out], c [B, N_in, N_out]).
-  W [N_in, N_out, D_out, D_in] holds one 16x8 matrix per (input, output) capsule pair.
+  Input u [B, N_in, D_in] -> RoutingResult(v [B, N_out, D_out], c [B, N_in, N_out],
+  a [B, N_out] or None). W [N_in, N_out, D_out, D_in] holds one D_out x D_in matrix per (input,
+  output) capsule pair; a rule's learnable parameters (`capsjax.routing.register(init_params=)`)
+  live in `routing_params`. Rules that use activations get the input capsules' lengths.
+
+  `vote_chunk_size` (dynamic routing only) computes the votes `vote_chunk_size` input capsules at a
+  time inside the routing loop (`dynamic_routing_chunked`), so the [B, N_in, N_out, D_out] votes
+  tensor is never held whole: much less memory, same results, some extra compute.
   """
 
-  def __init__(self, num_in: int, in_dim: int, num_out: int, out_dim: int,
-               routing: Callable[..., RoutingResult], num_iters: int,
-               routing_options: Mapping[str, Any] | None = None, *, rngs: nnx.Rngs):
+  def __init__(self, num_in: int, in_dim: int, num_out: int, out_dim: int, routing: str,
+               num_iters: int, routing_options: Mapping[str, Any] | None = None,
+               vote_chunk_size: int | None = None, *, rngs: nnx.Rngs):
+    options = dict(routing_options or {})
+    routing_lib.check_options(routing, options)
+    if vote_chunk_size is not None:
+      if routing != "dynamic":
+        raise ValueError(f"vote_chunk_size works with routing 'dynamic' only, got {routing!r}.")
+      if vote_chunk_size < 1:
+        raise ValueError(f"vote_chunk_size must be >= 1, got {vote_chunk_size}.")
     self.W = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_in, num_out, out_dim, in_dim)))
-    self.routing = functools.partial(routing, num_iters=num_iters, **dict(routing_options or {}))
+    self.routing_params = nnx.Dict({
+        k: nnx.Param(v) for k, v in
+        routing_lib.init_params(routing, rngs.params(), num_in, num_out, out_dim).items()})
+    self.rule = routing_lib.info(routing)
+    self.num_iters = num_iters
+    self.options = options
+    self.vote_chunk_size = vote_chunk_size
 
   def __call__(self, u: jnp.ndarray) -> RoutingResult:
-    u_hat = jnp.einsum("ijdk,bik->bijd", self.W[...], u)  # Eq. 2: u_hat_j|i = W_ij u_i
-    return jax.vmap(self.routing)(u_hat)
+    W = self.W[...]
+    if self.vote_chunk_size is not None:
+      chunked = functools.partial(routing_lib.dynamic_routing_chunked, W=W,
+                                  num_iters=self.num_iters, chunk_size=self.vote_chunk_size,
+                                  **self.options)
+      return jax.vmap(chunked)(u)
+    params = {k: p[...] for k, p in self.routing_params.items()}
+    rule = functools.partial(self.rule.fn, num_iters=self.num_iters, **self.options, **params)
+    u_hat = jnp.einsum("ijdk,bik->bijd", W, u)  # Eq. 2: u_hat_j|i = W_ij u_i
+    if self.rule.uses_activations:
+      return jax.vmap(lambda votes, a: rule(votes, activations=a))(u_hat, safe_length(u))
+    return jax.vmap(rule)(u_hat)
 
 
 class Decoder(nnx.Module):

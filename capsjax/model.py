@@ -9,7 +9,6 @@ from flax import nnx
 
 from capsjax import conv
 from capsjax.layers import Conv2D, Decoder, DigitCaps, PrimaryCaps
-from capsjax.routing import dynamic_routing
 from capsjax.squash import safe_length
 
 
@@ -17,7 +16,8 @@ class CapsNetOutput(NamedTuple):
   """CapsNet outputs.
 
   Attributes:
-    lengths: [B, classes] DigitCaps lengths |v_k| (class scores).
+    lengths: [B, classes] class scores: the DigitCaps lengths |v_k|, or the activations a_k of a
+      routing rule that carries them (em, inverted_dot_product).
     v: [B, classes, digit_dim] DigitCaps.
     reconstructions: [B, H, W, C] decoder output in [0, 1].
   """
@@ -36,14 +36,17 @@ class CapsNet(nnx.Module):
 
   The defaults build the paper's MNIST network: 8,215,568 parameters, 6,804,224 without the
   decoder. `model(images [B, H, W, C] in [0, 1], labels [B] or None) -> CapsNetOutput`. With labels
-  the decoder sees the true class's capsule (training); without, the longest capsule (testing).
+  the decoder sees the true class's capsule (training); without, the highest-scoring one (testing).
+  `routing` names a registered rule (`capsjax.routing.available()`), `routing_options` its keyword
+  options; `vote_chunk_size` switches dynamic routing to the memory-efficient chunked votes.
   """
 
   def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
                conv_channels: int = 256, conv_kernel: int = 9, primary_channels: int = 32,
                primary_dim: int = 8, primary_kernel: int = 9, primary_stride: int = 2,
-               digit_dim: int = 16, routing_iters: int = 3,
+               digit_dim: int = 16, routing: str = "dynamic", routing_iters: int = 3,
                routing_options: Mapping[str, Any] | None = None,
+               vote_chunk_size: int | None = None,
                decoder_hidden: Sequence[int] = (512, 1024), rngs: nnx.Rngs):
     if len(input_shape) != 3 or min(input_shape) < 1:
       raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
@@ -65,8 +68,8 @@ class CapsNet(nnx.Module):
     self.conv1 = Conv2D(c, conv_channels, conv_kernel, 1, rngs=rngs)
     self.primary = PrimaryCaps(conv_channels, primary_channels, primary_dim, primary_kernel,
                                primary_stride, rngs=rngs)
-    self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, digit_dim,
-                            dynamic_routing, routing_iters, routing_options, rngs=rngs)
+    self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, digit_dim, routing,
+                            routing_iters, routing_options, vote_chunk_size, rngs=rngs)
     self.decoder = Decoder(num_classes * digit_dim, decoder_hidden, self.input_shape, rngs=rngs)
 
   def _check_inputs(self, images: jnp.ndarray, labels: jnp.ndarray | None) -> None:
@@ -89,8 +92,8 @@ class CapsNet(nnx.Module):
     self._check_inputs(images, labels)
     x = jax.nn.relu(self.conv1(images))
     u = self.primary(x)
-    v, _ = self.digits(u)
-    lengths = safe_length(v)
+    v, _, activations = self.digits(u)
+    lengths = safe_length(v) if activations is None else activations
     chosen = labels if labels is not None else jnp.argmax(lengths, axis=-1)
     mask = jax.nn.one_hot(chosen, self.num_classes, dtype=v.dtype)
     recon = self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))

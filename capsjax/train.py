@@ -18,20 +18,26 @@ from capsjax.config import TrainConfig
 from capsjax.model import CapsNet
 
 # Settings that change the network; a checkpoint is only resumable with the same values.
-MODEL_KEYS = ("input_shape", "num_classes", "routing_iters")
+MODEL_KEYS = ("input_shape", "num_classes", "routing", "routing_iters", "routing_options")
+# Values of settings that older checkpoints did not record.
+MODEL_DEFAULTS = {"routing": "dynamic", "routing_options": {}}
 
 
 def model_settings(config: TrainConfig, split: data.Split) -> dict[str, Any]:
   """CapsNet constructor arguments for `config` on a dataset like `split`."""
   return {"input_shape": list(split.images.shape[1:]), "num_classes": int(split.num_classes),
-          "routing_iters": config.routing_iters}
+          "routing": config.routing, "routing_iters": config.routing_iters,
+          "routing_options": dict(config.routing_options)}
 
 
 def create_state(settings: dict[str, Any], config: TrainConfig):
   """(graphdef, state) of a fresh (CapsNet, nnx.Optimizer) pair seeded by config.seed."""
+  settings = {**MODEL_DEFAULTS, **settings}
   model = CapsNet(input_shape=tuple(settings["input_shape"]),
-                  num_classes=settings["num_classes"],
-                  routing_iters=settings["routing_iters"], rngs=nnx.Rngs(config.seed))
+                  num_classes=settings["num_classes"], routing=settings["routing"],
+                  routing_iters=settings["routing_iters"],
+                  routing_options=settings["routing_options"],
+                  vote_chunk_size=config.vote_chunk_size, rngs=nnx.Rngs(config.seed))
   tx = steps.make_optimizer(config.learning_rate, config.decay_rate, config.decay_steps)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   return nnx.split((model, optimizer))
@@ -91,6 +97,7 @@ def test_record(step: int, result: dict[str, float]) -> dict[str, Any]:
 
 
 def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: Path) -> None:
+  saved = {**MODEL_DEFAULTS, **saved}
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {settings[k]!r}" for k in MODEL_KEYS
            if saved.get(k) != settings[k]]
   if diffs:

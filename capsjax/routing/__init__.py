@@ -1,9 +1,21 @@
 """Routing rules: pure per-example functions `rule(u_hat, *, num_iters, ...) -> RoutingResult`.
 
-One module per rule; `capsjax.routing.dynamic_routing` is the paper's Procedure 1.
+One module per rule, each registered by name (`register`, `get`, `available`):
+`dynamic` (Sabour et al. 2017, the paper's Procedure 1), `uniform` (no routing),
+`self_attention` (Efficient-CapsNet), `inverted_dot_product` (Tsai et al. 2020) and `em`
+(Hinton et al. 2018). Importing this package registers them all.
 """
 
-from capsjax.routing.base import RoutingResult, RoutingRule
-from capsjax.routing.dynamic import dynamic_routing
+from capsjax.routing.base import ParamInit, RoutingResult, RoutingRule, check_votes
+from capsjax.routing.registry import (RuleInfo, available, check_options, get, info, init_params,
+                                      register)
+from capsjax.routing.dynamic import dynamic_routing, dynamic_routing_chunked  # noqa: E402
+from capsjax.routing.em import em_routing  # noqa: E402
+from capsjax.routing.inverted_dot_product import inverted_dot_product_routing  # noqa: E402
+from capsjax.routing.self_attention import self_attention_routing  # noqa: E402
+from capsjax.routing.uniform import uniform_routing  # noqa: E402
 
-__all__ = ["RoutingResult", "RoutingRule", "dynamic_routing"]
+__all__ = ["ParamInit", "RoutingResult", "RoutingRule", "RuleInfo", "available", "check_options",
+           "check_votes", "dynamic_routing", "dynamic_routing_chunked", "em_routing", "get",
+           "info", "init_params", "inverted_dot_product_routing", "register",
+           "self_attention_routing", "uniform_routing"]

@@ -3,7 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from capsjax.routing.base import RoutingResult, check_votes
+from capsjax.routing.base import RoutingResult, check_votes, weighted_sum
+from capsjax.routing.registry import register
 from capsjax.squash import squash
 
 
@@ -17,6 +18,7 @@ def _couplings(b: jnp.ndarray, leaky: bool) -> jnp.ndarray:
   return jax.nn.softmax(padded, axis=-1)[:, 1:]
 
 
+@register("dynamic")
 def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bool = False,
                     leaky: bool = False) -> RoutingResult:
   """Procedure 1 for one example.
@@ -39,9 +41,62 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
   b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
   for it in range(num_iters):
     c = _couplings(b, leaky)
-    s = jnp.einsum("ij,ijd->jd", c, u_hat)
-    v = squash(s)
+    v = squash(weighted_sum(c, u_hat))
     if it < num_iters - 1:
       agreement = jnp.einsum("ijd,jd->ij", u_hat, v)
       b = b + (jax.lax.stop_gradient(agreement) if stop_gradient else agreement)
   return RoutingResult(v=v, c=c)
+
+
+def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, *,
+                            chunk_size: int = 128, stop_gradient: bool = False,
+                            leaky: bool = False) -> RoutingResult:
+  """`dynamic_routing` of the votes u_hat_j|i = W_ij u_i (Eq. 2), never holding all of them.
+
+  The votes of `chunk_size` input capsules at a time are recomputed from W and u inside every
+  routing iteration (a `lax.scan` over chunks, rematerialised in the backward pass), so memory
+  holds [chunk_size, N_out, D_out] votes instead of [N_in, N_out, D_out]; under `jax.vmap` over a
+  batch that is the difference between [B, chunk, N_out, D] and the full [B, N_in, N_out, D].
+  Same results as `dynamic_routing(jnp.einsum("ijdk,ik->ijd", W, u), ...)` up to float rounding.
+
+  Args:
+    u: [N_in, D_in] input capsules of one example.
+    W: [N_in, N_out, D_out, D_in] transformation matrices (shared across the batch).
+    num_iters, stop_gradient, leaky: as in `dynamic_routing`.
+    chunk_size: input capsules per chunk (N_in is zero-padded to a multiple of it; zero inputs
+      give zero votes, which add nothing to s_j).
+
+  Returns:
+    RoutingResult(v [N_out, D_out], c [N_in, N_out]).
+  """
+  if jnp.ndim(u) != 2 or jnp.ndim(W) != 4 or W.shape[0] != u.shape[0] or W.shape[3] != u.shape[1]:
+    raise ValueError(f"expected u [N_in, D_in] and W [N_in, N_out, D_out, D_in] with matching "
+                     f"N_in and D_in, got u {tuple(jnp.shape(u))} and W {tuple(jnp.shape(W))}.")
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+  n_in, n_out, dim, _ = W.shape
+  check_votes(jnp.zeros((0, n_out, dim)), num_iters)
+  chunk_size = min(chunk_size, n_in)
+  pad = -n_in % chunk_size
+  num_chunks = (n_in + pad) // chunk_size
+  u_chunks = jnp.pad(u, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, -1)
+  w_chunks = jnp.pad(W, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(
+      num_chunks, chunk_size, *W.shape[1:])
+  b = jnp.zeros((num_chunks, chunk_size, n_out), u.dtype)
+  v = jnp.zeros((n_out, dim), u.dtype)
+  for it in range(num_iters):
+
+    @jax.checkpoint
+    def chunk_step(carry, chunk, first=(it == 0)):
+      s, v_prev = carry
+      w_k, u_k, b_k = chunk
+      u_hat = jnp.einsum("ijdk,ik->ijd", w_k, u_k)
+      if not first:  # the agreement update that ends the previous iteration
+        agreement = jnp.einsum("ijd,jd->ij", u_hat, v_prev)
+        b_k = b_k + (jax.lax.stop_gradient(agreement) if stop_gradient else agreement)
+      c_k = _couplings(b_k, leaky)
+      return (s + weighted_sum(c_k, u_hat), v_prev), (b_k, c_k)
+
+    (s, _), (b, c) = jax.lax.scan(chunk_step, (jnp.zeros_like(v), v), (w_chunks, u_chunks, b))
+    v = squash(s)
+  return RoutingResult(v=v, c=c.reshape(-1, n_out)[:n_in])
