@@ -35,7 +35,8 @@ def run_rule(rule: str, args) -> dict:
   if args.max_steps:
     config = dataclasses.replace(config, max_steps=args.max_steps)
   workdir = args.out / "runs" / rule
-  result = train(config, workdir, args.data_dir, test_limit=args.test_examples,
+  result = train(config, workdir, args.data_dir, train_limit=args.train_examples,
+                 test_limit=args.test_examples,
                  progress=not args.no_progress)
   settings = json.loads((workdir / "config.json").read_text())["model"]
   return {"rule": rule, "test_accuracy": result["test_accuracy"],
@@ -64,13 +65,14 @@ def table(rows: list[dict], config_name: str) -> str:
                              ", wall time includes data loading, compilation and the final eval.")
 
 
-def update_readme(text: str) -> None:
-  readme = README.read_text()
+def update_readme(text: str, readme_path: Path = README) -> None:
+  """Replaces the text between the routing-accuracy markers of `readme_path` with `text`."""
+  readme = readme_path.read_text()
   if START not in readme or END not in readme:
-    raise SystemExit(f"routing_accuracy: error: README.md has no {START} ... {END} block")
+    raise SystemExit(f"routing_accuracy: error: {readme_path} has no {START} ... {END} block")
   head, rest = readme.split(START, 1)
   _, tail = rest.split(END, 1)
-  README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+  readme_path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
 
 
 def main(argv=None) -> int:
@@ -80,10 +82,12 @@ def main(argv=None) -> int:
                  help="comma-separated rule names (default: all registered)")
   p.add_argument("--config", default="quick")
   p.add_argument("--max-steps", type=int, default=None, help="override the preset's run length")
+  p.add_argument("--train-examples", type=int, default=None, help="default: the full train split")
   p.add_argument("--test-examples", type=int, default=None, help="default: the full test split")
   p.add_argument("--out", type=Path, default=Path("runs/routing_accuracy"))
   p.add_argument("--force", action="store_true", help="re-run rules that already have a result")
-  p.add_argument("--update-readme", action="store_true")
+  p.add_argument("--update-readme", nargs="?", const=README, type=Path, default=None,
+                 metavar="README", help="write the table into README.md (or the file given)")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
   tune_host_allocator()
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
   (args.out / "table.md").write_text(text + "\n")
   print(text)
   if args.update_readme:
-    update_readme(text)
+    update_readme(text, args.update_readme)
   return 0
 
 

@@ -62,6 +62,14 @@ BAD_TRAIN = {
     "zero routing iters": (["--routing-iters", "0"], "routing_iters must be positive, got 0"),
     "workdir is a file": (["--workdir", "{tmp}/afile"], "is not a directory"),
     "non-integer steps": (["--max-steps", "ten"], "invalid int value: 'ten'"),
+    "unknown routing rule": (["--routing", "nope"], "unknown routing rule 'nope'; available: "
+                             "dynamic, em, inverted_dot_product, self_attention, uniform."),
+    "option the rule does not take": (["--routing", "uniform", "--routing-option", "leaky=true"],
+                                      "routing rule 'uniform' does not take option(s) leaky"),
+    "malformed routing option": (["--routing-option", "leaky"],
+                                 "--routing-option expects KEY=VALUE"),
+    "vote chunks with em": (["--routing", "em", "--vote-chunk-size", "64"],
+                            "vote_chunk_size must be positive and needs routing 'dynamic'"),
 }
 
 

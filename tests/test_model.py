@@ -101,3 +101,33 @@ class CapsNetTest(chex.TestCase):
       tiny_capsnet(routing_iters=0)
     with self.assertRaisesRegex(ValueError, "too small"):
       tiny_capsnet(input_shape=(12, 12, 1))
+    with self.assertRaisesRegex(ValueError, "unknown routing rule 'nope'; available: dynamic"):
+      tiny_capsnet(routing="nope")
+    with self.assertRaisesRegex(ValueError, "routing rule 'em' does not take option.s. leaky"):
+      tiny_capsnet(routing="em", routing_options={"leaky": True})
+    with self.assertRaisesRegex(ValueError, "vote_chunk_size works with routing 'dynamic' only"):
+      tiny_capsnet(routing="uniform", vote_chunk_size=8)
+
+
+@pytest.mark.parametrize("rule", ["dynamic", "em", "inverted_dot_product", "self_attention",
+                                  "uniform"])
+def test_capsnet_with_each_rule_has_finite_scores_and_gradients(rule):
+  model = tiny_capsnet(routing=rule)
+  images = jax.random.uniform(jax.random.key(2), (2, 28, 28, 1))
+  out = model(images, jnp.array([3, 4]))
+  chex.assert_shape(out.lengths, (2, 10))
+  assert bool(jnp.all((out.lengths > 0) & (out.lengths < 1)))
+  loss = lambda m: jnp.sum(m(images, jnp.array([3, 4])).lengths)
+  grads = nnx.grad(loss)(model)
+  chex.assert_tree_all_finite(nnx.state(grads))
+  if rule in ("em", "inverted_dot_product", "self_attention"):  # the rule's own parameters
+    assert model.digits.routing_params and all(
+        float(jnp.abs(g[...]).max()) > 0 for g in grads.digits.routing_params.values())
+
+
+def test_vote_chunk_size_gives_the_same_network_output():
+  plain, chunked = tiny_capsnet(seed=4), tiny_capsnet(seed=4, vote_chunk_size=7)
+  images = jax.random.uniform(jax.random.key(3), (2, 28, 28, 1))
+  a, b = plain(images), chunked(images)
+  np.testing.assert_allclose(b.lengths, a.lengths, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(b.reconstructions, a.reconstructions, rtol=1e-5, atol=1e-6)

@@ -175,7 +175,7 @@ def ref_inverted(u_hat, num_iters, w, b):
   return p, c, a
 
 
-def ref_em(u_hat, num_iters, act, beta_u, beta_a, final_lambda=2.0, var_floor=1e-8):
+def ref_em(u_hat, num_iters, act, beta_u, beta_a, final_lambda=0.5, var_floor=1e-8):
   """Procedure 1 of Hinton et al. 2018 with the documented pitfall fixes, per capsule and dim."""
   V = np.asarray(u_hat, np.float64)
   act, beta_u, beta_a = (np.asarray(x, np.float64) for x in (act, beta_u, beta_a))
@@ -185,16 +185,17 @@ def ref_em(u_hat, num_iters, act, beta_u, beta_a, final_lambda=2.0, var_floor=1e
              for t in range(num_iters)]
   for t in range(num_iters):
     mu, var, cost = np.zeros((n_out, dim)), np.zeros((n_out, dim)), np.zeros(n_out)
+    totals = [sum(R[i, j] * act[i] for i in range(n_in)) + 1e-12 for j in range(n_out)]
     for j in range(n_out):
       r = np.array([R[i, j] * act[i] for i in range(n_in)])
-      total = r.sum() + 1e-12
       for h in range(dim):
-        mu[j, h] = sum(r[i] * V[i, j, h] for i in range(n_in)) / total
-        var[j, h] = sum(r[i] * (V[i, j, h] - mu[j, h]) ** 2 for i in range(n_in)) / total
+        mu[j, h] = sum(r[i] * V[i, j, h] for i in range(n_in)) / totals[j]
+        var[j, h] = sum(r[i] * (V[i, j, h] - mu[j, h]) ** 2 for i in range(n_in)) / totals[j]
         var[j, h] += var_floor
-        cost[j] += (beta_u[j] + 0.5 * math.log(var[j, h])) * total
-    z = (cost - cost.mean()) / math.sqrt(cost.var() + 1e-6)
-    logit = lambdas[t] * (beta_a - z)
+        # sigma relative to the votes' RMS sqrt(sigma^2 + mu^2) (the scale-free cost)
+        log_rel_sigma = 0.5 * math.log(var[j, h]) - 0.5 * math.log(var[j, h] + mu[j, h] ** 2)
+        cost[j] += (beta_u[j] + log_rel_sigma) * totals[j] / np.mean(totals)
+    logit = lambdas[t] * (beta_a - cost)
     a = 1 / (1 + np.exp(-logit))
     if t == num_iters - 1:
       return mu, R, a

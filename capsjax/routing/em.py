@@ -15,10 +15,18 @@ Procedure 1 of the paper, with each output capsule a Gaussian over its D-dimensi
 Known pitfalls (Gritzman, "Avoiding Implementation Pitfalls of Matrix Capsule Networks", 2019)
 handled here: the variance has a floor (`var_floor`) so log sigma and the E-step stay finite when
 one input owns a parent; the E-step works with log-probabilities and a log-softmax instead of
-products of densities, which underflow in D dimensions; the raw cost grows with N_in * D and
-saturates the logistic, so it is standardised over the output capsules before the logistic (as
-the open-source reproductions do); the inverse temperature lambda rises over the iterations,
+products of densities, which underflow in D dimensions; the raw cost grows with N_in (through
+sum_i R_ij), which saturates the logistic, so sum_i R_ij is taken relative to its mean over the
+outputs; the inverse temperature lambda rises over the iterations,
 lambda_t = final_lambda (1 - 0.95^(t+1)) / (1 - 0.95^T), reaching `final_lambda` at the last one.
+
+One change of ours, measured: with the raw sigma a class can lower its cost for EVERY input by
+shrinking its transformation matrices, and on MNIST one class then took all predictions (train
+accuracy at chance).
+With `scale_free_cost` (default) the cost uses sigma relative to the votes'
+root mean square, log sigma - log sqrt(sigma^2 + mu^2), which only agreement can lower; on a
+120-step MNIST probe (4,096 training images) this took test accuracy from 9% to 92%. The E-step is unchanged.
+
 beta_u and beta_a are learnable, one per output capsule.
 """
 
@@ -29,8 +37,6 @@ import jax.numpy as jnp
 
 from capsjax.routing.base import RoutingResult, check_votes, weighted_sum
 from capsjax.routing.registry import register
-
-COST_VAR_EPS = 1e-6
 
 
 def _betas(key: jax.Array, num_in: int, num_out: int, dim: int) -> dict[str, jnp.ndarray]:
@@ -47,7 +53,8 @@ def inverse_temperatures(num_iters: int, final_lambda: float) -> list[float]:
 @register("em", init_params=_betas, uses_activations=True)
 def em_routing(u_hat: jnp.ndarray, *, num_iters: int = 3, activations: jnp.ndarray | None = None,
                beta_u: jnp.ndarray | None = None, beta_a: jnp.ndarray | None = None,
-               final_lambda: float = 2.0, var_floor: float = 1e-8) -> RoutingResult:
+               final_lambda: float = 0.5, var_floor: float = 1e-8,
+               scale_free_cost: bool = True) -> RoutingResult:
   """EM routing for one example; carries activations.
 
   Args:
@@ -58,6 +65,7 @@ def em_routing(u_hat: jnp.ndarray, *, num_iters: int = 3, activations: jnp.ndarr
     beta_u, beta_a: [N_out] learnable cost offsets (None: zeros).
     final_lambda: inverse temperature of the last iteration.
     var_floor: added to every variance.
+    scale_free_cost: use sigma relative to the votes' RMS in the cost (see the module docstring).
 
   Returns:
     RoutingResult(v [N_out, D_out] = mu (the poses), c [N_in, N_out] = R of the last M-step,
@@ -80,10 +88,11 @@ def em_routing(u_hat: jnp.ndarray, *, num_iters: int = 3, activations: jnp.ndarr
     weights = ra / r_sum
     mu = weighted_sum(weights, u_hat)  # [N_out, D]
     var = weighted_sum(weights, jnp.square(u_hat - mu)) + var_floor
-    cost = jnp.sum(beta_u[:, None] + 0.5 * jnp.log(var), axis=-1) * r_sum  # [N_out]
-    centred = cost - jnp.mean(cost)
-    # eps inside the sqrt: equal costs (std 0) would otherwise give a NaN gradient.
-    cost = centred / jnp.sqrt(jnp.mean(jnp.square(centred)) + COST_VAR_EPS)
+    log_sigma = 0.5 * jnp.log(var)
+    if scale_free_cost:  # sigma relative to the votes' RMS: shrinking W_j cannot lower the cost
+      log_sigma = log_sigma - 0.5 * jnp.log(var + jnp.square(mu))
+    # sum_i R_ij relative to its mean over outputs, so the cost does not grow with N_in.
+    cost = jnp.sum(beta_u[:, None] + log_sigma, axis=-1) * r_sum / jnp.mean(r_sum)  # [N_out]
     logit = lam * (beta_a - cost)
     if t == num_iters - 1:
       break

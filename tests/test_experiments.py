@@ -1,0 +1,79 @@
+"""The research-fork example, the routing-cost benchmark and the per-rule accuracy script."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from capsjax import routing
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
+
+import routing_accuracy  # noqa: E402
+import routing_cost  # noqa: E402
+
+TINY = ["--max-steps", "3", "--batch-size", "8", "--train-examples", "256",
+        "--test-examples", "32", "--checkpoint-every", "3", "--no-progress"]
+
+
+def test_custom_rule_defined_outside_the_package_trains_via_the_cli(tmp_path, data_dir):
+  workdir = tmp_path / "custom"
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / "custom_routing.py"), "--data-dir", data_dir,
+       "--workdir", str(workdir), *TINY], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["step"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
+  assert json.loads((workdir / "config.json").read_text())["model"]["routing"] == "max_min"
+  assert "max_min" not in routing.available()  # registered only in the script's process
+
+
+def test_routing_cost_writes_csv_json_and_plots(tmp_path, capsys):
+  out = tmp_path / "cost"
+  rules = "dynamic,em,uniform,dynamic_chunked+votes"
+  assert routing_cost.main(["--rules", rules, "--iters", "1,2", "--n-in", "16,24,32",
+                            "--batch", "2", "--repeats", "1", "--memory-batch", "2",
+                            "--chunk-size", "8", "--out", str(out)]) == 0
+  with open(out / "routing_cost.csv") as f:
+    rows = list(csv.DictReader(f))
+  # dynamic, em, dynamic_chunked+votes: 2 iteration counts at N_in 24 + N_in 16 and 32 at 2
+  # iterations (the middle one); uniform is one-pass: once per N_in. Two passes each.
+  assert len(rows) == 2 * (3 * 4 + 3)
+  assert {r["pass"] for r in rows} == {"forward", "forward+backward"}
+  for r in rows:
+    assert float(r["median_ms"]) > 0 and float(r["flops"]) > 0 and int(r["peak_bytes"]) > 0
+  fwd = {(r["rule"], r["n_in"]): float(r["flops"]) for r in rows
+         if r["pass"] == "forward" and r["iters"] == "2"}
+  assert fwd[("dynamic", "32")] > fwd[("dynamic", "16")]  # cost grows with N_in
+  saved = json.loads((out / "routing_cost.json").read_text())
+  assert len(saved["rows"]) == len(rows) and saved["memory"]["reduction/forward"] > 1
+  assert (out / "routing_cost_vs_iters.png").stat().st_size > 0
+  assert (out / "routing_cost_vs_n_in.png").stat().st_size > 0
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["batch"] == 2
+
+
+def test_routing_cost_bad_input():
+  with pytest.raises(ValueError, match="unknown routing rule 'nope'"):
+    routing_cost.main(["--rules", "nope"])
+  with pytest.raises(ValueError, match="--n-in expects positive integers"):
+    routing_cost.main(["--n-in", "0"])
+
+
+def test_routing_accuracy_trains_each_rule_and_fills_the_readme_table(tmp_path, data_dir):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{routing_accuracy.START}\nold\n{routing_accuracy.END}\noutro\n")
+  out = tmp_path / "acc"
+  args = ["--data-dir", data_dir, "--rules", "uniform,self_attention", "--max-steps", "2",
+          "--train-examples", "128", "--test-examples", "32", "--out", str(out),
+          "--no-progress", "--update-readme", str(readme)]
+  assert routing_accuracy.main(args) == 0
+  results = json.loads((out / "results.json").read_text())
+  assert set(results) == {"uniform", "self_attention"}
+  assert results["self_attention"]["params"] > results["uniform"]["params"]  # its log prior
+  text = readme.read_text()
+  assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+  assert "| `uniform` |" in text and "| `self_attention` |" in text
