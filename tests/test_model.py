@@ -131,3 +131,28 @@ def test_vote_chunk_size_gives_the_same_network_output():
   a, b = plain(images), chunked(images)
   np.testing.assert_allclose(b.lengths, a.lengths, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(b.reconstructions, a.reconstructions, rtol=1e-5, atol=1e-6)
+
+
+def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
+  from capsjax import steps
+  from capsjax.checkpoint import Checkpointer
+
+  def state(seed):
+    model = tiny_capsnet(seed, routing="em")
+    return nnx.split((model, nnx.Optimizer(model, steps.make_optimizer(1e-2, 1.0, 100),
+                                           wrt=nnx.Param)))
+
+  graphdef, s = state(0)
+  before = np.array(s[0]["digits"]["routing_params"]["beta_a"][...])
+  train_step = steps.make_train_step(graphdef, max_shift=0, recon_weight=0.0005)
+  images = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
+  s, _ = train_step(s, images, np.array([0, 1, 2, 3], np.int32), jax.random.key(0))
+  after = np.array(s[0]["digits"]["routing_params"]["beta_a"][...])
+  assert np.abs(after - before).max() > 0  # the optimizer updates the rule's parameters
+  ckpt = Checkpointer(tmp_path)
+  ckpt.save(1, s, {"seed": 0})
+  _, fresh = state(1)
+  restored, _ = ckpt.restore(fresh)
+  ckpt.close()
+  np.testing.assert_array_equal(np.array(restored[0]["digits"]["routing_params"]["beta_a"][...]),
+                                after)

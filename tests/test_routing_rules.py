@@ -175,7 +175,8 @@ def ref_inverted(u_hat, num_iters, w, b):
   return p, c, a
 
 
-def ref_em(u_hat, num_iters, act, beta_u, beta_a, final_lambda=0.5, var_floor=1e-8):
+def ref_em(u_hat, num_iters, act, beta_u, beta_a, final_lambda=0.5, var_floor=1e-8,
+           scale_free=True):
   """Procedure 1 of Hinton et al. 2018 with the documented pitfall fixes, per capsule and dim."""
   V = np.asarray(u_hat, np.float64)
   act, beta_u, beta_a = (np.asarray(x, np.float64) for x in (act, beta_u, beta_a))
@@ -193,7 +194,9 @@ def ref_em(u_hat, num_iters, act, beta_u, beta_a, final_lambda=0.5, var_floor=1e
         var[j, h] = sum(r[i] * (V[i, j, h] - mu[j, h]) ** 2 for i in range(n_in)) / totals[j]
         var[j, h] += var_floor
         # sigma relative to the votes' RMS sqrt(sigma^2 + mu^2) (the scale-free cost)
-        log_rel_sigma = 0.5 * math.log(var[j, h]) - 0.5 * math.log(var[j, h] + mu[j, h] ** 2)
+        log_rel_sigma = 0.5 * math.log(var[j, h])
+        if scale_free:
+          log_rel_sigma -= 0.5 * math.log(var[j, h] + mu[j, h] ** 2)
         cost[j] += (beta_u[j] + log_rel_sigma) * totals[j] / np.mean(totals)
     logit = lambdas[t] * (beta_a - cost)
     a = 1 / (1 + np.exp(-logit))
@@ -235,10 +238,13 @@ def test_inverted_dot_product_matches_reference(num_iters):
 
 
 @pytest.mark.parametrize("num_iters", [1, 2, 3])
-def test_em_matches_reference(num_iters):
+@pytest.mark.parametrize("scale_free", [True, False])
+def test_em_matches_reference(num_iters, scale_free):
   kw = rule_kwargs("em")
-  res = routing.em_routing(votes(14), num_iters=num_iters, **kw)
-  mu, r, a = ref_em(votes(14), num_iters, kw["activations"], kw["beta_u"], kw["beta_a"])
+  res = routing.em_routing(votes(14), num_iters=num_iters, scale_free_cost=scale_free,
+                           final_lambda=2.0, **kw)
+  mu, r, a = ref_em(votes(14), num_iters, kw["activations"], kw["beta_u"], kw["beta_a"],
+                    final_lambda=2.0, scale_free=scale_free)
   np.testing.assert_allclose(res.v, mu, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(res.c, r, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(res.a, a, rtol=1e-4, atol=1e-6)
