@@ -1,9 +1,10 @@
 """Inverted dot-product attention routing (Tsai, Srivastava, Goh & Salakhutdinov, ICLR 2020).
 
 Procedure 1 of the paper: parent poses start at zero, so the first iteration's couplings are
-uniform; each iteration computes the agreement a_ij = p_j . u_hat_j|i, couplings
-r_ij = softmax over the PARENTS j of a_ij (the "inverted" attention: children compete for parents),
-and poses p_j = LayerNorm(sum_i r_ij u_hat_j|i) (the paper's Eq. 3, without the learnable affine).
+uniform; each iteration computes the agreement a_ij = p_j . u_hat_j|i (Eq. 2), couplings
+r_ij = softmax over the PARENTS j of a_ij (Eq. 3; the "inverted" attention: parents compete for
+each child's vote), and poses p_j = LayerNorm(sum_i r_ij u_hat_j|i) (Procedure 1, lines 5-6;
+LayerNorm here without a learnable affine).
 
 Tsai et al. read the class out of the final poses with a linear classifier. CapsNet scores a class
 by its capsule's activation, so here every class capsule has its own linear readout,

@@ -1,7 +1,7 @@
 """No routing: every input sends its vote to every output with the same weight.
 
 Gu & Tresp, "Improving the Robustness of Capsule Networks to Image Affine Transformations"
-(CVPR 2020), Sec. 4: the routing ablation where c_ij = 1 / N_out (uniform couplings), one
+(CVPR 2020): the routing ablation where c_ij = 1 / N_out (uniform couplings), one
 weighted sum (Sabour et al. Eq. 2) and squash (Eq. 1).
 """
 
