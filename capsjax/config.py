@@ -2,7 +2,9 @@
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
+from typing import Any
 
 from capsjax import configs as _configs_pkg
 
@@ -21,6 +23,9 @@ class TrainConfig:
   max_shift: int = 2  # random shift augmentation, pixels
   recon_weight: float = 0.0005
   routing_iters: int = 3
+  # Further CapsNet keyword arguments (capsule sizes, channels, decoder widths), e.g.
+  # {"primary_dim": 4, "digit_dim": 8}; unset ones keep the paper's values.
+  model: dict[str, Any] = dataclasses.field(default_factory=dict)
   seed: int = 0
   log_every: int = 20  # steps between train-metric lines (and progress-bar refreshes)
   eval_every: int = 0  # steps between full test-set evaluations; 0 = only at the end
@@ -43,6 +48,10 @@ class TrainConfig:
       raise ValueError("set epochs or max_steps (the run length).")
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
+    unknown = sorted(set(self.model) - set(model_options()))
+    if unknown:
+      raise ValueError(f"unknown model setting {unknown[0]!r}; expected one of "
+                       f"{', '.join(model_options())}.")
     if self.max_shift < 0 or self.eval_every < 0 or self.recon_weight < 0:
       raise ValueError("max_shift, eval_every and recon_weight must be >= 0.")
     return self
@@ -52,6 +61,19 @@ class TrainConfig:
     if self.max_steps is not None:
       return self.max_steps
     return self.epochs * (num_train_examples // self.batch_size)
+
+
+# CapsNet arguments set elsewhere: by the dataset (input_shape, num_classes), by their own field.
+_NOT_MODEL_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "routing_iters")
+
+
+def model_options() -> dict[str, Any]:
+  """{name: default} of the CapsNet arguments that `TrainConfig.model` may set."""
+  from capsjax.model import CapsNet  # the model imports JAX; keep config import light
+
+  params = inspect.signature(CapsNet.__init__).parameters
+  return {k: p.default for k, p in params.items()
+          if k not in _NOT_MODEL_OPTIONS and not k.startswith("routing")}
 
 
 def available_presets() -> list[str]:
