@@ -183,7 +183,7 @@ class Checkpointer:
         return self.restore(state, step)
       except CheckpointError as e:
         moved = self._quarantine(step)
-        report(f"Warning: {e}. Moved it to {moved}; falling back to the previous checkpoint.")
+        report(f"Warning: {e} Moved it to {moved}; falling back to the previous checkpoint.")
     return None
 
   def _quarantine(self, step: int) -> Path:
@@ -194,7 +194,8 @@ class Checkpointer:
     return target
 
   def _error(self, step: int, why: str) -> CheckpointError:
-    return CheckpointError(f"checkpoint {step} in {str(self.directory)!r} cannot be restored: {why}")
+    return CheckpointError(f"checkpoint {step} in {str(self.directory)!r} cannot be restored: "
+                           f"{why.rstrip('.')}.")
 
   def _step(self, step: int | None) -> int:
     if step is None:

@@ -3,20 +3,14 @@
 import contextlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from capsjax import cli
+from conftest import run_cli as _run
 
 SMOKE = ["--batch-size", "8", "--train-examples", "512", "--test-examples", "64",
          "--no-progress"]
-
-
-def _run(*args, env=None):
-  return subprocess.run([sys.executable, "-m", "capsjax.cli", *args], capture_output=True,
-                        text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
 def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
