@@ -48,10 +48,7 @@ class TrainConfig:
       raise ValueError("set epochs or max_steps (the run length).")
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
-    unknown = sorted(set(self.model) - set(model_options()))
-    if unknown:
-      raise ValueError(f"unknown model setting {unknown[0]!r}; expected one of "
-                       f"{', '.join(model_options())}.")
+    _check_model_settings(self.model)
     if self.max_shift < 0 or self.eval_every < 0 or self.recon_weight < 0:
       raise ValueError("max_shift, eval_every and recon_weight must be >= 0.")
     return self
@@ -74,6 +71,24 @@ def model_options() -> dict[str, Any]:
   params = inspect.signature(CapsNet.__init__).parameters
   return {k: p.default for k, p in params.items()
           if k not in _NOT_MODEL_OPTIONS and not k.startswith("routing")}
+
+
+def _positive_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _check_model_settings(model: dict[str, Any]) -> None:
+  """Raises ValueError for an unknown CapsNet setting or a value unlike its default's kind."""
+  options = model_options()
+  for key, value in model.items():
+    if key not in options:
+      raise ValueError(f"unknown model setting {key!r}; expected one of {', '.join(options)}.")
+    if isinstance(options[key], int) and not _positive_int(value):
+      raise ValueError(f"model setting {key} must be a positive integer, got {value!r}.")
+    if isinstance(options[key], (tuple, list)) and not (
+        isinstance(value, (tuple, list)) and value and all(map(_positive_int, value))):
+      raise ValueError(f"model setting {key} must be a non-empty list of positive integers, "
+                       f"got {value!r}.")
 
 
 def available_presets() -> list[str]:

@@ -7,6 +7,7 @@ which is what makes resuming a run reproduce the uninterrupted data order.
 
 import dataclasses
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -131,7 +132,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     records = source.__getitems__(range(n))
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
     labels = np.asarray([r["label"] for r in records], dtype=np.int32)
-    num_classes = source.dataset_info.features["label"].num_classes
+    num_classes = _declared_num_classes(source.dataset_info)
   except Exception as e:  # TFDS and array_record raise many types for damaged or missing files
     raise ValueError(f"could not read {where}: {e}") from e
   try:
@@ -139,6 +140,18 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
   except ValueError as e:
     raise ValueError(f"{where} does not match its dataset_info ({num_classes} classes): {e}"
                      ) from e
+
+
+def _declared_num_classes(info) -> int:
+  """The class count in the dataset's own features.json (TFDS takes it from the builder's code,
+  so a features.json that disagrees with the labels would otherwise go unnoticed)."""
+  features = Path(info.data_dir) / "features.json"
+  if features.is_file():
+    spec = json.loads(features.read_text())
+    label = spec.get("featuresDict", {}).get("features", {}).get("label", {})
+    if "numClasses" in label.get("classLabel", {}):
+      return int(label["classLabel"]["numClasses"])
+  return info.features["label"].num_classes
 
 
 def _check_record_counts(info, split_name: str) -> None:

@@ -150,10 +150,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   total_steps = config.total_steps(len(train_split))
   data.steps_per_epoch(len(train_split), config.batch_size)  # validates batch size vs data
 
-  try:
-    graphdef, state = create_state(settings, config)
-  except TypeError as e:  # a model setting of the wrong kind, e.g. digit_dim="8x"
-    raise ValueError(f"model settings {config.model} do not build a CapsNet: {e}.") from e
+  graphdef, state = create_state(settings, config)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, cleanup=True)
   for name in ckpt.removed_incomplete:
     print(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")

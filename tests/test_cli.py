@@ -56,6 +56,17 @@ BAD_TRAIN = {
     "zero routing iters": (["--routing-iters", "0"], "routing_iters must be positive, got 0"),
     "workdir is a file": (["--workdir", "{tmp}/afile"], "is not a directory"),
     "non-integer steps": (["--max-steps", "ten"], "invalid int value: 'ten'"),
+    "zero train examples": (["--train-examples", "0"],
+                            "--train-examples must be a positive integer, got 0"),
+    "unknown model setting": (["--model", "capsule_size=8"], "unknown model setting 'capsule_size'"),
+    "model setting without value": (["--model", "digit_dim"],
+                                    "--model expects KEY=VALUE (e.g. digit_dim=8), got 'digit_dim'"),
+    "model value not JSON": (["--model", "digit_dim=eight"], "VALUE must be JSON"),
+    "zero capsule size": (["--model", "primary_dim=0"],
+                          "model setting primary_dim must be a positive integer, got 0"),
+    "bad decoder widths": (["--model", "decoder_hidden=[512,-1]"],
+                           "decoder_hidden must be a non-empty list of positive integers"),
+    "kernel too large": (["--model", "conv_kernel=30"], "is too small for a 30x30 conv"),
 }
 
 
