@@ -101,12 +101,21 @@ def _setting_default(key: str) -> Any:
   return config_lib.model_options().get(key)
 
 
-def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-  """"name: checkpoint X vs now Y" for every model setting that differs (missing = default)."""
-  keys = sorted(set(MODEL_KEYS) | set(saved) | set(settings))
+def _differences(saved: dict[str, Any], now: dict[str, Any], keys) -> list[str]:
+  """"name: checkpoint X vs now Y" for each of `keys` that differs (missing = default)."""
   value = lambda d, k: d[k] if k in d else _setting_default(k)
-  return [f"{k}: checkpoint {value(saved, k)!r} vs now {value(settings, k)!r}" for k in keys
-          if value(saved, k) != value(settings, k)]
+  return [f"{k}: checkpoint {value(saved, k)!r} vs now {value(now, k)!r}" for k in sorted(keys)
+          if value(saved, k) != value(now, k)]
+
+
+def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+  """The model settings (MODEL_KEYS and any CapsNet option) that differ, one string each."""
+  return _differences(saved, settings, set(MODEL_KEYS) | set(saved) | set(settings))
+
+
+# Settings a resumed run may change without leaving the uninterrupted run's path.
+_FREE_ON_RESUME = ("epochs", "max_steps", "log_every", "eval_every", "eval_batch_size",
+                   "checkpoint_every", "keep_checkpoints", "seed", "model")
 
 
 def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: Path) -> None:
@@ -138,6 +147,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     progress: show a tqdm progress bar (stderr).
   Returns:
     {"step", "test_accuracy", "test_loss", ..., "train_seconds"}.
+  Raises:
+    ValueError: bad input, or a checkpoint in `workdir` of a different model.
+    TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint of the last finished step was saved.
+    NonFiniteError: a NaN/Inf loss or gradient; nothing of that step was saved.
   """
   config.validate()
   data.check_dataset(config.dataset)
@@ -156,11 +169,16 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     print(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
   start_step = 0
   restored = ckpt.restore_newest_good(
-      state, lambda meta: _check_resumable(meta["model"], settings, workdir))
+      state, lambda meta: _check_resumable(meta.get("model", {}), settings, workdir))
   if restored is not None:
     state, saved = restored
     start_step = int(saved["step"])
     print(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
+    now = dataclasses.asdict(config)
+    changed = _differences(saved.get("config", {}), now, set(now) - set(_FREE_ON_RESUME))
+    if changed:  # allowed, but the user should know the run leaves the uninterrupted path
+      print(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
+            "resumed run will differ from an uninterrupted one.")
     if saved["seed"] != config.seed:  # data order and augmentation keys follow the run's seed
       print(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
       config = dataclasses.replace(config, seed=saved["seed"])
@@ -230,6 +248,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     else:
       ckpt.save(total_steps, state, meta)
     ckpt.close()
+    if stop.requested:  # arrived during the last step: skip the final evaluation too
+      raise TrainingInterrupted(stop.signum, final_step, str(ckpt.directory))
   final = run_eval(final_step)
   final["train_seconds"] = time.time() - t_start
   return final

@@ -86,7 +86,7 @@ def _wait_for(proc: subprocess.Popen, marker: str) -> None:
   pytest.fail(f"process ended (rc {proc.wait()}) before printing {marker!r}")
 
 
-@pytest.mark.parametrize("sig, step", [(signal.SIGTERM, 3), (signal.SIGINT, 1)])
+@pytest.mark.parametrize("sig, step", [(signal.SIGTERM, 3), (signal.SIGINT, 1), (signal.SIGTERM, 6)])
 def test_signal_saves_prints_resume_command_and_resume_is_bit_exact(
     sig, step, tmp_path, cli_env, reference):
   workdir = tmp_path / "run"
@@ -205,3 +205,8 @@ def test_other_model_settings_are_refused_by_name(tmp_path, cli_env):
   saved = (workdir / "config.json").read_text()  # the config is stored beside the checkpoints
   assert '"digit_dim": 6' in saved and '"routing_iters": 3' in saved
   assert Checkpointer(workdir).all_steps() == [2]
+  # Another batch size is allowed (same model) but changes the data order: said on resume.
+  proc = run_cli(*_train_args(workdir, 3), "--batch-size", "4", env=cli_env)
+  assert proc.returncode == 0, proc.stderr
+  assert ("Note: training settings changed since the checkpoint (batch_size: checkpoint 8 vs now "
+          "4); the resumed run will differ from an uninterrupted one.") in proc.stdout
