@@ -60,8 +60,9 @@ class TrainConfig:
     return self.epochs * (num_train_examples // self.batch_size)
 
 
-# CapsNet arguments set elsewhere: by the dataset (input_shape, num_classes), by their own field.
-_NOT_MODEL_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "routing_iters")
+# CapsNet arguments set elsewhere: by the dataset (input_shape, num_classes), or by their own
+# TrainConfig field (routing*, vote_chunk_size).
+_NOT_MODEL_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "vote_chunk_size")
 
 
 def model_options() -> dict[str, Any]:

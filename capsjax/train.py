@@ -95,9 +95,11 @@ def test_record(step: int, result: dict[str, float]) -> dict[str, Any]:
 
 def _setting_default(key: str) -> Any:
   """What a setting absent from an older checkpoint's metadata meant: its default."""
-  fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-  if key in fields and fields[key].default is not dataclasses.MISSING:
-    return fields[key].default
+  field = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(key)
+  if field is not None and field.default is not dataclasses.MISSING:
+    return field.default
+  if field is not None and field.default_factory is not dataclasses.MISSING:
+    return field.default_factory()
   return config_lib.model_options().get(key)
 
 

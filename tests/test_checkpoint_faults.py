@@ -101,6 +101,8 @@ def test_model_mismatches_name_each_setting_and_default_missing_ones():
   assert train.model_mismatches(saved, now) == [
       "num_classes: checkpoint 10 vs now 3", "primary_dim: checkpoint 8 vs now 4"]
   assert train.model_mismatches(saved, saved) == []
+  # A TrainConfig field with a default factory (here `model`) also defaults when missing.
+  assert train.model_mismatches({**saved, "model": {}}, saved) == []
   with pytest.raises(ValueError, match=r"different model \(num_classes: checkpoint 10 vs now 3; "
                      r"primary_dim: checkpoint 8 vs now 4\)"):
     train._check_resumable(saved, now, "w")
