@@ -58,9 +58,11 @@ BAD_TRAIN = {
     "non-integer steps": (["--max-steps", "ten"], "invalid int value: 'ten'"),
     "zero train examples": (["--train-examples", "0"],
                             "--train-examples must be a positive integer, got 0"),
-    "unknown model setting": (["--model", "capsule_size=8"], "unknown model setting 'capsule_size'"),
+    "unknown model setting": (["--model", "capsule_size=8"],
+                              "unknown model setting 'capsule_size'"),
     "model setting without value": (["--model", "digit_dim"],
-                                    "--model expects KEY=VALUE (e.g. digit_dim=8), got 'digit_dim'"),
+                                    "--model expects KEY=VALUE (e.g. digit_dim=8), got "
+                                    "'digit_dim'"),
     "model value not JSON": (["--model", "digit_dim=eight"], "VALUE must be JSON"),
     "zero capsule size": (["--model", "primary_dim=0"],
                           "model setting primary_dim must be a positive integer, got 0"),

@@ -86,7 +86,8 @@ def _wait_for(proc: subprocess.Popen, marker: str) -> None:
   pytest.fail(f"process ended (rc {proc.wait()}) before printing {marker!r}")
 
 
-@pytest.mark.parametrize("sig, step", [(signal.SIGTERM, 3), (signal.SIGINT, 1), (signal.SIGTERM, 6)])
+@pytest.mark.parametrize("sig, step",
+                         [(signal.SIGTERM, 3), (signal.SIGINT, 1), (signal.SIGTERM, STEPS)])
 def test_signal_saves_prints_resume_command_and_resume_is_bit_exact(
     sig, step, tmp_path, cli_env, reference):
   workdir = tmp_path / "run"
