@@ -3,20 +3,24 @@
     capsjax train --config quick --data-dir ../shared/tensorflow_datasets --workdir runs/quick
     capsjax eval --workdir runs/quick --data-dir ../shared/tensorflow_datasets
 
-Bad input (missing data, unknown config or dataset, non-positive sizes, unusable workdir) ends
-with one line on stderr saying what was wrong and what is expected, and exit status 2.
+Bad input (missing data, unknown config or dataset, non-positive sizes, unusable workdir, a
+checkpoint of another model or a damaged one) ends with one line on stderr saying what was wrong
+and what is expected, and exit status 2. A NaN/Inf loss ends with one line and status 1. SIGINT /
+SIGTERM save a checkpoint, print the resume command and exit with 128 + the signal number.
 """
 
 import argparse
 import ast
 import dataclasses
 import json
+import shlex
 import sys
 
 from capsjax import data
 from capsjax.runtime import tune_host_allocator
 
 EXIT_USAGE = 2
+EXIT_NONFINITE = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +43,8 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--routing", default=None,
                  help="routing rule: a name from capsjax.routing.available() (default dynamic)")
   t.add_argument("--routing-iters", type=int, default=None)
+  t.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                 help="CapsNet setting, e.g. --model digit_dim=8 (repeatable; VALUE is JSON)")
   t.add_argument("--routing-option", action="append", default=[], metavar="KEY=VALUE",
                  help="keyword option of the routing rule (repeatable), e.g. leaky=true")
   t.add_argument("--vote-chunk-size", type=int, default=None,
@@ -75,6 +81,8 @@ def _train(args) -> dict:
                "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints}
   overrides = {k: v for k, v in overrides.items() if v is not None}
+  if args.model:
+    overrides["model"] = {**config.model, **dict(_parse_setting(a) for a in args.model)}
   if args.routing_option:
     overrides["routing_options"] = _parse_options(args.routing_option)
   if "epochs" in overrides and "max_steps" not in overrides:
@@ -85,6 +93,16 @@ def _train(args) -> dict:
                          test_limit=args.test_examples, progress=not args.no_progress)
 
 
+def _parse_setting(text: str) -> tuple[str, object]:
+  """"digit_dim=8" -> ("digit_dim", 8); "decoder_hidden=[64,128]" -> (..., [64, 128])."""
+  key, sep, value = text.partition("=")
+  if not sep or not key:
+    raise ValueError(f"--model expects KEY=VALUE (e.g. digit_dim=8), got {text!r}.")
+  try:
+    return key, json.loads(value)
+  except ValueError:
+    raise ValueError(f"--model {key}: VALUE must be JSON (a number or a list such as [64,128]), "
+                     f"got {value!r}.") from None
 def _parse_options(items: list[str]) -> dict:
   """["leaky=true", "final_lambda=1.5"] -> {"leaky": True, "final_lambda": 1.5}: JSON or Python
   literals (true / True both work); anything else stays a string."""
@@ -127,18 +145,32 @@ def _eval(args) -> dict:
 
 
 def main(argv=None) -> int:
+  from capsjax.checkpoint import NonFiniteError
+  from capsjax.interrupt import TrainingInterrupted
+
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = _build_parser().parse_args(argv)
   tune_host_allocator()
   try:
     result = _train(args) if args.command == "train" else _eval(args)
   except ValueError as e:
-    sys.stderr.write(f"capsjax: error: {e}\n")
+    sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")
     return EXIT_USAGE
+  except NonFiniteError as e:
+    sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")
+    return EXIT_NONFINITE
+  except TrainingInterrupted as e:
+    sys.stderr.write(f"capsjax: {e}. Resume with: {shlex.join(['capsjax', *argv])}\n")
+    return e.exit_code
   except KeyboardInterrupt:
     sys.stderr.write("capsjax: interrupted\n")
     return 130
   print(json.dumps(result))
   return 0
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
+from typing import Any
 
 from capsjax import configs as _configs_pkg
 from capsjax import routing as routing_lib
@@ -23,6 +25,9 @@ class TrainConfig:
   recon_weight: float = 0.0005
   routing: str = "dynamic"  # a name from capsjax.routing.available()
   routing_iters: int = 3
+  # Further CapsNet keyword arguments (capsule sizes, channels, decoder widths), e.g.
+  # {"primary_dim": 4, "digit_dim": 8}; unset ones keep the paper's values.
+  model: dict[str, Any] = dataclasses.field(default_factory=dict)
   routing_options: dict = dataclasses.field(default_factory=dict)  # keyword options of the rule
   vote_chunk_size: int | None = None  # dynamic routing only: memory-efficient chunked votes
   seed: int = 0
@@ -47,6 +52,7 @@ class TrainConfig:
       raise ValueError("set epochs or max_steps (the run length).")
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
+    _check_model_settings(self.model)
     routing_lib.check_options(self.routing, self.routing_options)
     if self.vote_chunk_size is not None and (self.routing != "dynamic" or
                                              self.vote_chunk_size <= 0):
@@ -61,6 +67,38 @@ class TrainConfig:
     if self.max_steps is not None:
       return self.max_steps
     return self.epochs * (num_train_examples // self.batch_size)
+
+
+# CapsNet arguments set elsewhere: by the dataset (input_shape, num_classes), or by their own
+# TrainConfig field (routing*, vote_chunk_size).
+_NOT_MODEL_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "vote_chunk_size")
+
+
+def model_options() -> dict[str, Any]:
+  """{name: default} of the CapsNet arguments that `TrainConfig.model` may set."""
+  from capsjax.model import CapsNet  # the model imports JAX; keep config import light
+
+  params = inspect.signature(CapsNet.__init__).parameters
+  return {k: p.default for k, p in params.items()
+          if k not in _NOT_MODEL_OPTIONS and not k.startswith("routing")}
+
+
+def _positive_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _check_model_settings(model: dict[str, Any]) -> None:
+  """Raises ValueError for an unknown CapsNet setting or a value unlike its default's kind."""
+  options = model_options()
+  for key, value in model.items():
+    if key not in options:
+      raise ValueError(f"unknown model setting {key!r}; expected one of {', '.join(options)}.")
+    if isinstance(options[key], int) and not _positive_int(value):
+      raise ValueError(f"model setting {key} must be a positive integer, got {value!r}.")
+    if isinstance(options[key], (tuple, list)) and not (
+        isinstance(value, (tuple, list)) and value and all(map(_positive_int, value))):
+      raise ValueError(f"model setting {key} must be a non-empty list of positive integers, "
+                       f"got {value!r}.")
 
 
 def available_presets() -> list[str]:

@@ -24,6 +24,7 @@ class StepMetrics(NamedTuple):
   reconstruction_loss: jnp.ndarray
   correct: jnp.ndarray
   count: jnp.ndarray
+  finite: jnp.ndarray  # 1.0 if the loss (and, in training, every gradient) is finite, else 0.0
 
 
 def make_schedule(learning_rate: float, decay_rate: float, decay_steps: int) -> optax.Schedule:
@@ -54,13 +55,15 @@ def _losses(model: CapsNet, images, labels, recon_weight, mask_labels, valid=Non
   w = jnp.ones_like(margin) if valid is None else valid.astype(margin.dtype)
   correct = jnp.sum(w * (jnp.argmax(out.lengths, -1) == labels))
   return loss, StepMetrics(jnp.sum(w * (margin + recon_weight * recon)), jnp.sum(w * margin),
-                           jnp.sum(w * recon), correct, jnp.sum(w))
+                           jnp.sum(w * recon), correct, jnp.sum(w),
+                           jnp.isfinite(loss).astype(jnp.float32))
 
 
 def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
   """Returns jitted `step(state, images uint8 [B,H,W,C], labels [B], key) -> (state, metrics)`.
 
-  `state` is `nnx.split((model, optimizer))[1]` and is donated.
+  `state` is `nnx.split((model, optimizer))[1]` and is donated. `metrics.finite` is 0 when the
+  loss or any gradient is NaN/Inf (the update is applied regardless: the caller must stop).
   """
 
   def step(state, images, labels, key):
@@ -71,6 +74,8 @@ def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
       return _losses(m, x, labels, recon_weight, mask_labels=True)
 
     grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
+    grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    metrics = metrics._replace(finite=metrics.finite * grads_finite)
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), metrics
 

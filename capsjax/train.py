@@ -12,32 +12,34 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from capsjax import data, steps
-from capsjax.checkpoint import Checkpointer
+from capsjax import config as config_lib
+from capsjax import data, faults, steps
+from capsjax.checkpoint import Checkpointer, NonFiniteError
 from capsjax.config import TrainConfig
+from capsjax.interrupt import StopOnSignal, TrainingInterrupted
 from capsjax.model import CapsNet
 
 # Settings that change the network; a checkpoint is only resumable with the same values.
 MODEL_KEYS = ("input_shape", "num_classes", "routing", "routing_iters", "routing_options")
-# Values of settings that older checkpoints did not record.
-MODEL_DEFAULTS = {"routing": "dynamic", "routing_options": {}}
 
 
 def model_settings(config: TrainConfig, split: data.Split) -> dict[str, Any]:
   """CapsNet constructor arguments for `config` on a dataset like `split`."""
   return {"input_shape": list(split.images.shape[1:]), "num_classes": int(split.num_classes),
           "routing": config.routing, "routing_iters": config.routing_iters,
-          "routing_options": dict(config.routing_options)}
+          "routing_options": dict(config.routing_options), **config.model}
 
 
 def create_state(settings: dict[str, Any], config: TrainConfig):
   """(graphdef, state) of a fresh (CapsNet, nnx.Optimizer) pair seeded by config.seed."""
-  settings = {**MODEL_DEFAULTS, **settings}
+  # Settings an older checkpoint did not record take their defaults.
+  settings = {**{k: _setting_default(k) for k in MODEL_KEYS}, **settings}
+  extra = {k: v for k, v in settings.items() if k in config_lib.model_options()}
   model = CapsNet(input_shape=tuple(settings["input_shape"]),
                   num_classes=settings["num_classes"], routing=settings["routing"],
                   routing_iters=settings["routing_iters"],
                   routing_options=settings["routing_options"],
-                  vote_chunk_size=config.vote_chunk_size, rngs=nnx.Rngs(config.seed))
+                  vote_chunk_size=config.vote_chunk_size, rngs=nnx.Rngs(config.seed), **extra)
   tx = steps.make_optimizer(config.learning_rate, config.decay_rate, config.decay_steps)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   return nnx.split((model, optimizer))
@@ -96,13 +98,46 @@ def test_record(step: int, result: dict[str, float]) -> dict[str, Any]:
           "test_examples": result["examples"]}
 
 
+def _setting_default(key: str) -> Any:
+  """What a setting absent from an older checkpoint's metadata meant: its default."""
+  field = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(key)
+  if field is not None and field.default is not dataclasses.MISSING:
+    return field.default
+  if field is not None and field.default_factory is not dataclasses.MISSING:
+    return field.default_factory()
+  return config_lib.model_options().get(key)
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any], keys) -> list[str]:
+  """"name: checkpoint X vs now Y" for each of `keys` that differs (missing = default)."""
+  value = lambda d, k: d[k] if k in d else _setting_default(k)
+  return [f"{k}: checkpoint {value(saved, k)!r} vs now {value(now, k)!r}" for k in sorted(keys)
+          if value(saved, k) != value(now, k)]
+
+
+def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+  """The model settings (MODEL_KEYS and any CapsNet option) that differ, one string each."""
+  return _differences(saved, settings, set(MODEL_KEYS) | set(saved) | set(settings))
+
+
+# Settings a resumed run may change without leaving the uninterrupted run's path.
+_FREE_ON_RESUME = ("epochs", "max_steps", "log_every", "eval_every", "eval_batch_size",
+                   "checkpoint_every", "keep_checkpoints", "seed", "model")
+
+
 def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: Path) -> None:
-  saved = {**MODEL_DEFAULTS, **saved}
-  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {settings[k]!r}" for k in MODEL_KEYS
-           if saved.get(k) != settings[k]]
+  diffs = model_mismatches(saved, settings)
   if diffs:
     raise ValueError(f"workdir {str(workdir)!r} holds a checkpoint of a different model ("
                      f"{'; '.join(diffs)}); use a new --workdir or the original settings.")
+
+
+def _nonfinite_message(step: int, metrics: steps.StepMetrics, ckpt: Checkpointer) -> str:
+  good = ckpt.latest_step()
+  kept = (f"the last good checkpoint is step {good} in {ckpt.directory}" if good is not None
+          else "no checkpoint had been written yet")
+  return (f"non-finite loss or gradient at step {step} (loss {float(metrics.loss):.6g}); "
+          f"stopped without saving it; {kept}. Lower the learning rate or check the data.")
 
 
 def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None = None,
@@ -119,6 +154,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     progress: show a tqdm progress bar (stderr).
   Returns:
     {"step", "test_accuracy", "test_loss", ..., "train_seconds"}.
+  Raises:
+    ValueError: bad input, or a checkpoint in `workdir` of a different model.
+    TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint of the last finished step was saved.
+    NonFiniteError: a NaN/Inf loss or gradient; nothing of that step was saved.
   """
   config.validate()
   data.check_dataset(config.dataset)
@@ -132,13 +171,21 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   data.steps_per_epoch(len(train_split), config.batch_size)  # validates batch size vs data
 
   graphdef, state = create_state(settings, config)
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, cleanup=True)
+  for name in ckpt.removed_incomplete:
+    print(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
   start_step = 0
-  if ckpt.latest_step() is not None:
-    _check_resumable(ckpt.read_meta()["model"], settings, workdir)
-    state, saved = ckpt.restore(state)
+  restored = ckpt.restore_newest_good(
+      state, lambda meta: _check_resumable(meta.get("model", {}), settings, workdir))
+  if restored is not None:
+    state, saved = restored
     start_step = int(saved["step"])
     print(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
+    now = dataclasses.asdict(config)
+    changed = _differences(saved.get("config", {}), now, set(now) - set(_FREE_ON_RESUME))
+    if changed:  # allowed, but the user should know the run leaves the uninterrupted path
+      print(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
+            "resumed run will differ from an uninterrupted one.")
     if saved["seed"] != config.seed:  # data order and augmentation keys follow the run's seed
       print(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
       config = dataclasses.replace(config, seed=saved["seed"])
@@ -164,36 +211,52 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress,
              dynamic_ncols=True, desc=f"train {config.dataset}")
   window_start, window_images = time.time(), 0
-  for step in range(start_step, total_steps):
-    images, labels = next(batches)
-    state, metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
-    pending.append(metrics)
-    window_images += len(labels)
-    done = step + 1
-    if done % config.log_every == 0 or done == total_steps:
-      summary = _summarise(pending)  # blocks on the device; the only sync in the loop
-      pending = []
-      rate = window_images / (time.time() - window_start)
-      window_start, window_images = time.time(), 0
-      writer.write({"step": done, "split": "train", "loss": summary["loss"],
-                    "margin_loss": summary["margin_loss"],
-                    "reconstruction_loss": summary["reconstruction_loss"],
-                    "train_accuracy": summary["accuracy"], "images_per_sec": rate,
-                    "learning_rate": float(schedule(done - 1)), "elapsed_s": time.time() - t_start})
-      bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
-                      img_s=f"{rate:.0f}")
-    bar.update(1)
-    if done % config.checkpoint_every == 0 and done < total_steps:
-      ckpt.save(done, state, meta)
-    if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-      bar.write(f"step {done}: test accuracy {run_eval(done)['test_accuracy']:.4%}")
-  bar.close()
-  final_step = max(start_step, total_steps)
-  if start_step >= total_steps:
-    print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
-  else:
-    ckpt.save(total_steps, state, meta)
-  ckpt.close()
+  with StopOnSignal() as stop:
+    for step in range(start_step, total_steps):
+      images, labels = next(batches)
+      done = step + 1
+      state = faults.maybe_poison(state, done)
+      state, metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
+      if not metrics.finite:  # one scalar to the host per step, see README
+        bar.close()
+        message = _nonfinite_message(done, metrics, ckpt)
+        ckpt.close()
+        raise NonFiniteError(message)
+      pending.append(metrics)
+      window_images += len(labels)
+      if done % config.log_every == 0 or done == total_steps:
+        summary = _summarise(pending)
+        pending = []
+        rate = window_images / (time.time() - window_start)
+        window_start, window_images = time.time(), 0
+        writer.write({"step": done, "split": "train", "loss": summary["loss"],
+                      "margin_loss": summary["margin_loss"],
+                      "reconstruction_loss": summary["reconstruction_loss"],
+                      "train_accuracy": summary["accuracy"], "images_per_sec": rate,
+                      "learning_rate": float(schedule(done - 1)),
+                      "elapsed_s": time.time() - t_start})
+        bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
+                        img_s=f"{rate:.0f}")
+      bar.update(1)
+      faults.pause_after_step(done, lambda: stop.requested)
+      if stop.requested and done < total_steps:
+        bar.close()
+        ckpt.save(done, state, meta)
+        ckpt.close()
+        raise TrainingInterrupted(stop.signum, done, str(ckpt.directory))
+      if done % config.checkpoint_every == 0 and done < total_steps:
+        ckpt.save(done, state, meta)
+      if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+        bar.write(f"step {done}: test accuracy {run_eval(done)['test_accuracy']:.4%}")
+    bar.close()
+    final_step = max(start_step, total_steps)
+    if start_step >= total_steps:
+      print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
+    else:
+      ckpt.save(total_steps, state, meta)
+    ckpt.close()
+    if stop.requested:  # arrived during the last step: skip the final evaluation too
+      raise TrainingInterrupted(stop.signum, final_step, str(ckpt.directory))
   final = run_eval(final_step)
   final["train_seconds"] = time.time() - t_start
   return final

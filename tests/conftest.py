@@ -1,6 +1,10 @@
-"""Shared fixtures: the shipped TFDS data_dir and a tiny CapsNet for fast unit tests."""
+"""Shared fixtures: the shipped TFDS data_dir, a tiny CapsNet for fast unit tests, and a runner
+for the real `capsjax` command in a subprocess."""
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +38,37 @@ def tiny_capsnet(seed: int = 0, **overrides) -> capsjax.CapsNet:
                 decoder_hidden=(32, 64))
   kwargs.update(overrides)
   return capsjax.CapsNet(rngs=nnx.Rngs(seed), **kwargs)
+
+
+# `capsjax train --model ...` for the tiny CapsNet above (fast subprocess runs).
+TINY_MODEL_ARGS = ["--model", "conv_channels=16", "--model", "primary_channels=4", "--model",
+                   "primary_dim=4", "--model", "digit_dim=6", "--model", "decoder_hidden=[32,64]"]
+
+
+def run_cli(*args, env=None, timeout=600):
+  """Runs `python -m capsjax.cli ARGS` to completion; returns the CompletedProcess (text)."""
+  return subprocess.run([sys.executable, "-m", "capsjax.cli", *args], capture_output=True,
+                        text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli_env(data_dir, tmp_path_factory) -> dict[str, str]:
+  """Environment for subprocess runs: the data dir and a JAX compilation cache shared by all of
+  them (each run would otherwise spend ~9 s compiling the same steps)."""
+  return {"TFDS_DATA_DIR": data_dir,
+          "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def copy_of_mnist(data_dir: str, target: Path) -> Path:
+  """A data_dir at `target` whose mnist/3.0.1 links to the real record files and has editable
+  copies of dataset_info.json and features.json; returns the version folder."""
+  source = Path(data_dir) / "mnist" / "3.0.1"
+  version = target / "mnist" / "3.0.1"
+  version.mkdir(parents=True)
+  for f in source.iterdir():
+    if f.suffix == ".json":
+      shutil.copy(f, version / f.name)
+    else:
+      (version / f.name).symlink_to(f)
+  return version

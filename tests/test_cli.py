@@ -3,20 +3,14 @@
 import contextlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from capsjax import cli
+from conftest import run_cli as _run
 
 SMOKE = ["--batch-size", "8", "--train-examples", "512", "--test-examples", "64",
          "--no-progress"]
-
-
-def _run(*args, env=None):
-  return subprocess.run([sys.executable, "-m", "capsjax.cli", *args], capture_output=True,
-                        text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
 def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
@@ -62,6 +56,19 @@ BAD_TRAIN = {
     "zero routing iters": (["--routing-iters", "0"], "routing_iters must be positive, got 0"),
     "workdir is a file": (["--workdir", "{tmp}/afile"], "is not a directory"),
     "non-integer steps": (["--max-steps", "ten"], "invalid int value: 'ten'"),
+    "zero train examples": (["--train-examples", "0"],
+                            "--train-examples must be a positive integer, got 0"),
+    "unknown model setting": (["--model", "capsule_size=8"],
+                              "unknown model setting 'capsule_size'"),
+    "model setting without value": (["--model", "digit_dim"],
+                                    "--model expects KEY=VALUE (e.g. digit_dim=8), got "
+                                    "'digit_dim'"),
+    "model value not JSON": (["--model", "digit_dim=eight"], "VALUE must be JSON"),
+    "zero capsule size": (["--model", "primary_dim=0"],
+                          "model setting primary_dim must be a positive integer, got 0"),
+    "bad decoder widths": (["--model", "decoder_hidden=[512,-1]"],
+                           "decoder_hidden must be a non-empty list of positive integers"),
+    "kernel too large": (["--model", "conv_kernel=30"], "is too small for a 30x30 conv"),
     "unknown routing rule": (["--routing", "nope"], "unknown routing rule 'nope'; available: "
                              "dynamic, em, inverted_dot_product, self_attention, uniform."),
     "option the rule does not take": (["--routing", "uniform", "--routing-option", "leaky=true"],

@@ -42,7 +42,8 @@ def test_bad_data_dirs(tmp_path, monkeypatch, data_dir):
     data.load_split("mnist", "train", tmp_path / "missing")
   with pytest.raises(ValueError, match="is empty"):
     data.load_split("mnist", "train", tmp_path)
-  (tmp_path / "cifar10").mkdir()
+  (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)
+  (tmp_path / "cifar10" / "3.0.2" / "dataset_info.json").write_text("{}")
   with pytest.raises(ValueError, match="not in data dir"):
     data.load_split("mnist", "train", tmp_path)
   with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):

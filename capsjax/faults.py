@@ -1,0 +1,65 @@
+"""Fault-injection hooks for the fault-tolerance tests; inert unless their variable is set.
+
+Each hook is an environment variable naming a global step (1-based, like checkpoint steps):
+
+- `CAPSJAX_FAULT_PAUSE_AFTER_STEP=N`: after training step N the loop prints `capsjax fault:
+  paused after step N` to stderr and waits (up to 120 s) until a SIGINT/SIGTERM arrives, so a
+  test can deliver the signal at a known step.
+- `CAPSJAX_FAULT_PAUSE_IN_SAVE=N`: the save of checkpoint N stops after Orbax has written every
+  file into its temporary directory and before the atomic rename, prints `capsjax fault: pausing
+  in save of step N` and sleeps 120 s, so a test can SIGKILL (or signal twice) mid-save.
+- `CAPSJAX_FAULT_NAN_AT_STEP=N`: before training step N one weight of the first layer is set to
+  NaN, so the real step produces a non-finite loss and gradients.
+"""
+
+import os
+import sys
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+PAUSE_AFTER_STEP = "CAPSJAX_FAULT_PAUSE_AFTER_STEP"
+PAUSE_IN_SAVE = "CAPSJAX_FAULT_PAUSE_IN_SAVE"
+NAN_AT_STEP = "CAPSJAX_FAULT_NAN_AT_STEP"
+_PAUSE_SECONDS = 120.0
+
+
+def _at(variable: str, step: int) -> bool:
+  value = os.environ.get(variable)
+  return bool(value) and int(value) == step
+
+
+def _say(message: str) -> None:
+  sys.stderr.write(f"capsjax fault: {message}\n")
+  sys.stderr.flush()
+
+
+def pause_after_step(step: int, stop_requested: Callable[[], bool]) -> None:
+  """Waits after `step` until `stop_requested()` (a signal arrived) when the hook names it."""
+  if not _at(PAUSE_AFTER_STEP, step):
+    return
+  _say(f"paused after step {step}")
+  deadline = time.monotonic() + _PAUSE_SECONDS
+  while not stop_requested() and time.monotonic() < deadline:
+    time.sleep(0.02)
+
+
+def pause_in_save(step: int) -> None:
+  """Sleeps inside the save of checkpoint `step` when the hook names it."""
+  if _at(PAUSE_IN_SAVE, step):
+    _say(f"pausing in save of step {step}")
+    time.sleep(_PAUSE_SECONDS)
+
+
+def maybe_poison(state, step: int):
+  """`state` with its first floating-point leaf's first entry set to NaN when the hook names
+  `step`; otherwise `state` unchanged."""
+  if not _at(NAN_AT_STEP, step):
+    return state
+  _say(f"injecting NaN before step {step}")
+  leaves, treedef = jax.tree.flatten(state)
+  k = next(i for i, x in enumerate(leaves) if np.issubdtype(x.dtype, np.floating))
+  leaves[k] = leaves[k].reshape(-1).at[0].set(np.nan).reshape(leaves[k].shape)
+  return jax.tree.unflatten(treedef, leaves)
