@@ -45,9 +45,11 @@ def test_routing_cost_writes_csv_json_and_plots(tmp_path, capsys):
   assert len(rows) == 2 * (3 * 4 + 3)
   assert {r["pass"] for r in rows} == {"forward", "forward+backward"}
   for r in rows:
-    assert float(r["median_ms"]) > 0 and float(r["flops"]) > 0 and int(r["peak_bytes"]) > 0
+    assert float(r["median_ms"]) > 0 and int(r["peak_bytes"]) > 0
+    # cost_analysis counts a loop body once: no FLOPs for the chunked (lax.scan) variant
+    assert (r["flops"] == "") if r["rule"] == "dynamic_chunked+votes" else float(r["flops"]) > 0
   fwd = {(r["rule"], r["n_in"]): float(r["flops"]) for r in rows
-         if r["pass"] == "forward" and r["iters"] == "2"}
+         if r["pass"] == "forward" and r["iters"] == "2" and r["rule"] == "dynamic"}
   assert fwd[("dynamic", "32")] > fwd[("dynamic", "16")]  # cost grows with N_in
   saved = json.loads((out / "routing_cost.json").read_text())
   assert len(saved["rows"]) == len(rows) and saved["memory"]["reduction/forward"] > 1

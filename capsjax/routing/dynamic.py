@@ -49,7 +49,7 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
 
 
 def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, *,
-                            chunk_size: int = 128, stop_gradient: bool = False,
+                            chunk_size: int = 64, stop_gradient: bool = False,
                             leaky: bool = False) -> RoutingResult:
   """`dynamic_routing` of the votes u_hat_j|i = W_ij u_i (Eq. 2), never holding all of them.
 
