@@ -28,8 +28,8 @@ def test_custom_rule_defined_outside_the_package_trains_via_the_cli(tmp_path, da
   assert proc.returncode == 0, proc.stderr
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["step"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
-  assert json.loads((workdir / "config.json").read_text())["model"]["routing"] == "max_min"
-  assert "max_min" not in routing.available()  # registered only in the script's process
+  assert json.loads((workdir / "config.json").read_text())["model"]["routing"] == "tempered"
+  assert "tempered" not in routing.available()  # registered only in the script's process
 
 
 def test_routing_cost_writes_csv_json_and_plots(tmp_path, capsys):
