@@ -108,6 +108,16 @@ def test_model_mismatches_name_each_setting_and_default_missing_ones():
     train._check_resumable(saved, now, "w")
 
 
+def test_routing_rule_and_options_are_model_settings():
+  base = {"input_shape": [28, 28, 1], "num_classes": 10, "routing_iters": 3}
+  # A checkpoint from before the routing kit recorded neither: it meant dynamic, no options.
+  assert train.model_mismatches(base, {**base, "routing": "dynamic", "routing_options": {}}) == []
+  assert train.model_mismatches(base, {**base, "routing": "uniform"}) == [
+      "routing: checkpoint 'dynamic' vs now 'uniform'"]
+  assert train.model_mismatches({**base, "routing_options": {"leaky": True}}, base) == [
+      "routing_options: checkpoint {'leaky': True} vs now {}"]
+
+
 def test_unknown_model_setting_is_rejected():
   with pytest.raises(ValueError, match="unknown model setting 'capsule_size'; expected one of"):
     TrainConfig(max_steps=1, model={"capsule_size": 8}).validate()
