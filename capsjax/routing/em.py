@@ -22,10 +22,11 @@ lambda_t = final_lambda (1 - 0.95^(t+1)) / (1 - 0.95^T), reaching `final_lambda`
 
 One change of ours, measured: with the raw sigma a class can lower its cost for EVERY input by
 shrinking its transformation matrices, and on MNIST one class then took all predictions (train
-accuracy at chance).
-With `scale_free_cost` (default) the cost uses sigma relative to the votes'
-root mean square, log sigma - log sqrt(sigma^2 + mu^2), which only agreement can lower; on a
-120-step MNIST probe (4,096 training images) this took test accuracy from 9% to 92%. The E-step is unchanged.
+accuracy at chance). With `scale_free_cost` (default) the cost uses sigma relative to the votes'
+root mean square, log sigma - log sqrt(sigma^2 + mu^2), which only agreement can lower. In a
+120-step probe (quick preset, 4,096 training images, 1,000 test images, final_lambda 5/16) test
+accuracy was 8.7% with the raw sigma and 92.7% with the scale-free cost (92.0% at the default
+final_lambda 0.5). The E-step is unchanged.
 
 beta_u and beta_a are learnable, one per output capsule.
 """
