@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from capsjax import routing
 from capsjax.runtime import tune_host_allocator
-from capsjax.squash import safe_length
+from capsjax.squash import squash
 
 VOTE_VARIANTS = ("dynamic+votes", "dynamic_chunked+votes")
 
@@ -61,7 +61,7 @@ def _inputs(p: Point):
   """(args tuple, per-example function of those args) for one benchmark point."""
   key = jax.random.key(0)
   if p.rule in VOTE_VARIANTS:
-    u = safe_length_scaled(jax.random.normal(key, (p.batch, p.n_in, p.in_dim)))
+    u = squash(jax.random.normal(key, (p.batch, p.n_in, p.in_dim)))  # like PrimaryCaps output
     W = 0.05 * jax.random.normal(jax.random.key(1), (p.n_in, p.n_out, p.dim, p.in_dim))
     if p.rule == "dynamic+votes":
       fn = lambda u, W: routing.dynamic_routing(jnp.einsum("ijdk,ik->ijd", W, u), p.iters)
@@ -77,12 +77,6 @@ def _inputs(p: Point):
     return (u_hat, params, acts), (0, None, 0), fn
   fn = lambda u_hat, params: info.fn(u_hat, num_iters=p.iters, **params)
   return (u_hat, params), (0, None), fn
-
-
-def safe_length_scaled(u):
-  """Squash-like input capsules: direction of u with length in (0, 1)."""
-  n = safe_length(u)[..., None]
-  return u / n * (n / (1 + n))
 
 
 def _programs(p: Point):

@@ -82,9 +82,10 @@ def _train(args) -> dict:
                "keep_checkpoints": args.keep_checkpoints}
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if args.model:
-    overrides["model"] = {**config.model, **dict(_parse_setting(a) for a in args.model)}
+    overrides["model"] = {**config.model, **_key_values(args.model, "--model", "digit_dim=8")}
   if args.routing_option:
-    overrides["routing_options"] = _parse_options(args.routing_option)
+    overrides["routing_options"] = _key_values(args.routing_option, "--routing-option",
+                                               "leaky=true")
   if "epochs" in overrides and "max_steps" not in overrides:
     overrides["max_steps"] = None  # --epochs alone sets the run length
   config = dataclasses.replace(config, **overrides)
@@ -93,33 +94,26 @@ def _train(args) -> dict:
                          test_limit=args.test_examples, progress=not args.no_progress)
 
 
-def _parse_setting(text: str) -> tuple[str, object]:
-  """"digit_dim=8" -> ("digit_dim", 8); "decoder_hidden=[64,128]" -> (..., [64, 128])."""
-  key, sep, value = text.partition("=")
-  if not sep or not key:
-    raise ValueError(f"--model expects KEY=VALUE (e.g. digit_dim=8), got {text!r}.")
-  try:
-    return key, json.loads(value)
-  except ValueError:
-    raise ValueError(f"--model {key}: VALUE must be JSON (a number or a list such as [64,128]), "
-                     f"got {value!r}.") from None
-def _parse_options(items: list[str]) -> dict:
-  """["leaky=true", "final_lambda=1.5"] -> {"leaky": True, "final_lambda": 1.5}: JSON or Python
-  literals (true / True both work); anything else stays a string."""
-  options = {}
-  for item in items:
-    key, sep, value = item.partition("=")
+def _key_values(items: list[str], flag: str, example: str) -> dict:
+  """["digit_dim=8", "decoder_hidden=[64,128]", "leaky=True"] -> {"digit_dim": 8, ...}.
+
+  VALUE is JSON or a Python literal (so true and True both work; a string needs quotes).
+  """
+  parsed = {}
+  for text in items:
+    key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
-      raise ValueError(f"--routing-option expects KEY=VALUE with KEY a Python identifier, got "
-                       f"{item!r}.")
+      raise ValueError(f"{flag} expects KEY=VALUE (e.g. {example}), got {text!r}; KEY must be a "
+                       "Python identifier.")
     try:
-      options[key] = json.loads(value)
-    except json.JSONDecodeError:
+      parsed[key] = json.loads(value)
+    except ValueError:
       try:
-        options[key] = ast.literal_eval(value)
+        parsed[key] = ast.literal_eval(value)
       except (ValueError, SyntaxError):
-        options[key] = value
-  return options
+        raise ValueError(f"{flag} {key}: VALUE must be JSON or a Python literal (a number, true, "
+                         f"a list such as [64,128], a quoted string), got {value!r}.") from None
+  return parsed
 
 
 def _check_positive(args, *names: str) -> None:

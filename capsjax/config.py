@@ -54,10 +54,7 @@ class TrainConfig:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
     _check_model_settings(self.model)
     routing_lib.check_options(self.routing, self.routing_options)
-    if self.vote_chunk_size is not None and (self.routing != "dynamic" or
-                                             self.vote_chunk_size <= 0):
-      raise ValueError(f"vote_chunk_size must be positive and needs routing 'dynamic', got "
-                       f"{self.vote_chunk_size} with routing {self.routing!r}.")
+    routing_lib.check_vote_chunking(self.routing, self.vote_chunk_size)
     if self.max_shift < 0 or self.eval_every < 0 or self.recon_weight < 0:
       raise ValueError("max_shift, eval_every and recon_weight must be >= 0.")
     return self

@@ -67,11 +67,7 @@ class DigitCaps(nnx.Module):
                vote_chunk_size: int | None = None, *, rngs: nnx.Rngs):
     options = dict(routing_options or {})
     routing_lib.check_options(routing, options)
-    if vote_chunk_size is not None:
-      if routing != "dynamic":
-        raise ValueError(f"vote_chunk_size works with routing 'dynamic' only, got {routing!r}.")
-      if vote_chunk_size < 1:
-        raise ValueError(f"vote_chunk_size must be >= 1, got {vote_chunk_size}.")
+    routing_lib.check_vote_chunking(routing, vote_chunk_size)
     self.W = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_in, num_out, out_dim, in_dim)))
     self.routing_params = nnx.Dict({
         k: nnx.Param(v) for k, v in

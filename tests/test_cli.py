@@ -76,7 +76,8 @@ BAD_TRAIN = {
     "malformed routing option": (["--routing-option", "leaky"],
                                  "--routing-option expects KEY=VALUE"),
     "vote chunks with em": (["--routing", "em", "--vote-chunk-size", "64"],
-                            "vote_chunk_size must be positive and needs routing 'dynamic'"),
+                            "vote_chunk_size works with routing 'dynamic' only and must be >= 1, "
+                            "got 64 with routing 'em'"),
 }
 
 

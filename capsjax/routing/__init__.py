@@ -6,16 +6,19 @@ One module per rule, each registered by name (`register`, `get`, `available`):
 (Hinton et al. 2018). Importing this package registers them all.
 """
 
-from capsjax.routing.base import ParamInit, RoutingResult, RoutingRule, check_votes
+from capsjax.routing.base import (ParamInit, RoutingResult, RoutingRule, check_num_iters,
+                                  check_votes)
 from capsjax.routing.registry import (RuleInfo, available, check_options, get, info, init_params,
                                       register)
-from capsjax.routing.dynamic import dynamic_routing, dynamic_routing_chunked  # noqa: E402
+from capsjax.routing.dynamic import (check_vote_chunking, dynamic_routing,  # noqa: E402
+                                     dynamic_routing_chunked)
 from capsjax.routing.em import em_routing  # noqa: E402
 from capsjax.routing.inverted_dot_product import inverted_dot_product_routing  # noqa: E402
 from capsjax.routing.self_attention import self_attention_routing  # noqa: E402
 from capsjax.routing.uniform import uniform_routing  # noqa: E402
 
-__all__ = ["ParamInit", "RoutingResult", "RoutingRule", "RuleInfo", "available", "check_options",
-           "check_votes", "dynamic_routing", "dynamic_routing_chunked", "em_routing", "get",
-           "info", "init_params", "inverted_dot_product_routing", "register",
-           "self_attention_routing", "uniform_routing"]
+__all__ = ["ParamInit", "RoutingResult", "RoutingRule", "RuleInfo", "available", "check_num_iters",
+           "check_options", "check_vote_chunking", "check_votes", "dynamic_routing",
+           "dynamic_routing_chunked", "em_routing", "get", "info", "init_params",
+           "inverted_dot_product_routing", "register", "self_attention_routing",
+           "uniform_routing"]

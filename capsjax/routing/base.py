@@ -44,6 +44,11 @@ def check_votes(u_hat: jnp.ndarray, num_iters: int) -> None:
     raise ValueError(
         f"u_hat must be one example of shape [N_in, N_out, D_out] (rank 3), got shape "
         f"{tuple(jnp.shape(u_hat))}; apply jax.vmap for a batch.")
+  check_num_iters(num_iters)
+
+
+def check_num_iters(num_iters: int) -> None:
+  """Raises ValueError unless num_iters is an integer >= 1."""
   if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
     raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}.")
 

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from capsjax.routing.base import RoutingResult, check_votes, weighted_sum
+from capsjax.routing.base import RoutingResult, check_num_iters, check_votes, weighted_sum
 from capsjax.routing.registry import register
 from capsjax.squash import squash
 
@@ -48,6 +48,14 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
   return RoutingResult(v=v, c=c)
 
 
+def check_vote_chunking(routing: str, vote_chunk_size: int | None) -> None:
+  """Raises ValueError unless `vote_chunk_size` is None, or a positive size with routing
+  'dynamic' (the only rule with a chunked form)."""
+  if vote_chunk_size is not None and (routing != "dynamic" or vote_chunk_size < 1):
+    raise ValueError(f"vote_chunk_size works with routing 'dynamic' only and must be >= 1, got "
+                     f"{vote_chunk_size} with routing {routing!r}.")
+
+
 def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, *,
                             chunk_size: int = 64, stop_gradient: bool = False,
                             leaky: bool = False) -> RoutingResult:
@@ -74,8 +82,8 @@ def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, 
                      f"N_in and D_in, got u {tuple(jnp.shape(u))} and W {tuple(jnp.shape(W))}.")
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+  check_num_iters(num_iters)
   n_in, n_out, dim, _ = W.shape
-  check_votes(jnp.zeros((0, n_out, dim)), num_iters)
   chunk_size = min(chunk_size, n_in)
   pad = -n_in % chunk_size
   num_chunks = (n_in + pad) // chunk_size
