@@ -6,11 +6,19 @@ a function of (seed, step), so (seed, step) restores both.
 Every checkpoint carries `capsjax_files.json` (size and CRC-32 of each file), written inside
 Orbax's temporary directory just before its atomic rename; a restore checks it first, so a
 truncated or overwritten file is reported by name instead of being read as wrong numbers.
+
+A save checks the free space first (the previous checkpoint's size, or the arrays' size for the
+first) and stops before starting a write that cannot fit. A save that fails all the same (disk
+full, read-only, workdir gone) raises one-line `StorageError` and removes its temporary folder;
+the complete checkpoints are never touched.
 """
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -22,6 +30,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from capsjax import faults
+from capsjax.workdir import NO_SPACE, StorageError, free_bytes, megabytes, os_error_reason
 
 MANIFEST = "capsjax_files.json"
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -55,6 +64,7 @@ class _ManifestTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
   async def finalize(self):
     tmp, final = Path(self.get()), Path(self.get_final())
     if final.name.isdigit():  # the step directory (item directories use this class too)
+      faults.maybe_fail_in_save(int(final.name), tmp)
       (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp)))
       faults.pause_in_save(int(final.name))
     await super().finalize()
@@ -63,6 +73,68 @@ class _ManifestTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
 def _first_line(e: BaseException) -> str:
   text = str(e).strip()
   return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+@contextlib.contextmanager
+def _held_background_errors():
+  """Holds what Orbax's background threads report about a failed write on top of the exception
+  the save raises: absl ERROR records with tracebacks, and "RuntimeError: Event loop is closed"
+  from TensorStore's callbacks for the writes still in flight (Orbax's loop is gone), one
+  traceback each, during the save and for a while after it. If the save succeeds, what was held
+  is passed on; if it fails, the records are dropped and so are closed-loop reports from then on.
+  """
+  records, unraisable = [], []
+  logger = logging.getLogger("absl")
+
+  def hold(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR:
+      records.append(record)
+      return False
+    return True
+
+  previous_hook = sys.unraisablehook
+  logger.addFilter(hold)
+  sys.unraisablehook = unraisable.append
+  try:
+    yield
+  except BaseException:
+    sys.unraisablehook = previous_hook
+    for args in unraisable:
+      if not _is_closed_loop_report(args):
+        previous_hook(args)
+    _drop_closed_loop_reports()
+    raise
+  finally:
+    logger.removeFilter(hold)
+  sys.unraisablehook = previous_hook
+  for record in records:
+    logger.handle(record)
+  for args in unraisable:
+    previous_hook(args)
+
+
+def _is_closed_loop_report(args) -> bool:
+  return (isinstance(args.exc_value, RuntimeError)
+          and str(args.exc_value) == "Event loop is closed")
+
+
+def _drop_closed_loop_reports() -> None:
+  """From now on, drops the closed-loop reports of a failed save; the rest pass through."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_capsjax_drops_closed_loop", False):
+    return
+
+  def hook(args):
+    if not _is_closed_loop_report(args):
+      previous(args)
+
+  hook._capsjax_drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def directory_bytes(path: Path) -> int:
+  """Total size of the files under `path`."""
+  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def check_finite(pure_state: dict, what: str) -> None:
@@ -77,10 +149,14 @@ def check_finite(pure_state: dict, what: str) -> None:
 class Checkpointer:
   """Saves and restores an `nnx.State` of (model, optimizer) plus JSON metadata."""
 
-  def __init__(self, workdir: str | os.PathLike, keep: int = 3, cleanup: bool = False):
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, cleanup: bool = False,
+               guard: Callable[[], None] | None = None):
     """`cleanup`: delete temporary dirs left by a save that was killed (listed in
-    `self.removed_incomplete`); only a writer (train) should."""
+    `self.removed_incomplete`); only a writer (train) should, holding the workdir lock.
+    `guard()`: runs before each save and may raise StorageError (the workdir lock's check that
+    the workdir is still there)."""
     self.workdir = Path(workdir).absolute()
+    self.guard = guard
     self.directory = self.workdir / "checkpoints"
     self.removed_incomplete: list[str] = []
     if cleanup and self.directory.is_dir():
@@ -110,10 +186,85 @@ class Checkpointer:
     """
     pure = jax.device_get(state.to_pure_dict())
     check_finite(pure, f"refusing to write checkpoint {step}")
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(pure),
-        meta=ocp.args.JsonSave({**meta, "step": int(step)})), force=True)
-    self.manager.wait_until_finished()
+    try:
+      if self.guard is not None:
+        self.guard()
+      needed = self._bytes_needed(pure)
+      free = free_bytes(self.directory)
+    except StorageError as e:
+      raise StorageError(f"could not save checkpoint {step}: {e}; "
+                         f"{self.last_complete_phrase()}") from e
+    except OSError as e:
+      raise StorageError(self._save_failed(step, os_error_reason(e))) from e
+    if free < needed and not faults.skip_space_check():
+      raise StorageError(self._save_failed(step, NO_SPACE, needed, free))
+    try:
+      with _held_background_errors():
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(pure),
+            meta=ocp.args.JsonSave({**meta, "step": int(step)})), force=True)
+        self.manager.wait_until_finished()
+    except Exception as e:  # Orbax/TensorStore wrap OS errors in several exception types
+      left = self._remove_temporary(step)
+      reason = os_error_reason(e)
+      if reason is None:
+        raise
+      raise StorageError(self._save_failed(step, reason, needed, free, left)) from e
+
+  def _bytes_needed(self, pure: dict) -> int:
+    """About what checkpoint `pure` will take: the newest complete checkpoint's size on disk
+    (Orbax compresses), else the arrays' size; plus 5% and 1 MB for metadata."""
+    steps = self.all_steps()
+    estimate = (directory_bytes(self.directory / str(steps[-1])) if steps else
+                sum(np.asarray(x).nbytes for x in jax.tree.leaves(pure)))
+    return int(estimate * 1.05) + 1_000_000
+
+  def _remove_temporary(self, step: int) -> list[str]:
+    """Deletes the temporary folders of a failed save of `step`; returns those it could not.
+
+    Orbax writes the items of a checkpoint from several threads, and the others may still
+    create their folders after one has failed, so this watches for a moment and removes again.
+    """
+    left: set[str] = set()
+    deadline = time.monotonic() + 0.5
+    while True:
+      for tmp in sorted(self.directory.glob(f"{step}{TMP_MARKER}*")):
+        try:
+          shutil.rmtree(tmp)
+          left.discard(str(tmp))
+        except OSError:
+          left.add(str(tmp))
+      if time.monotonic() > deadline:
+        break
+      time.sleep(0.05)
+    with contextlib.suppress(Exception):
+      self.manager.reload()
+    return sorted(left)
+
+  def last_complete_step(self) -> int | None:
+    """The newest complete checkpoint on disk now (None if none, or the folder is gone)."""
+    try:
+      return max((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()),
+                 default=None)
+    except OSError:
+      return None
+
+  def last_complete_phrase(self) -> str:
+    """"the last complete checkpoint is K" (or that there is none), for error messages."""
+    if not self.directory.is_dir():
+      return f"{self.directory} is not reachable any more"
+    step = self.last_complete_step()
+    return ("no complete checkpoint was written" if step is None
+            else f"the last complete checkpoint is {step}")
+
+  def _save_failed(self, step: int, reason: str, needed: int | None = None,
+                   free: int | None = None, left: list[str] = ()) -> str:
+    space = (f" (needs about {megabytes(needed)}, {megabytes(free)} free)"
+             if reason == NO_SPACE and needed is not None and free is not None else "")
+    leftover = (f"; could not remove the partial {', '.join(left)} (the next run will)"
+                if left else "")
+    return (f"could not save checkpoint {step} in {str(self.directory)!r}: {reason}"
+            f"{space}{leftover}; {self.last_complete_phrase()}")
 
   def verify(self, step: int) -> None:
     """Raises CheckpointError if a file of checkpoint `step` is missing, truncated or altered.
@@ -208,3 +359,13 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending writes and releases the manager."""
     self.manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if exc[0] is None:
+      self.close()
+    else:  # already failing: a second error from closing would hide the first
+      with contextlib.suppress(Exception):
+        self.close()

@@ -4,9 +4,11 @@
     capsjax eval --workdir runs/quick --data-dir ../shared/tensorflow_datasets
 
 Bad input (missing data, unknown config or dataset, non-positive sizes, unusable workdir, a
-checkpoint of another model or a damaged one) ends with one line on stderr saying what was wrong
-and what is expected, and exit status 2. A NaN/Inf loss ends with one line and status 1. SIGINT /
-SIGTERM save a checkpoint, print the resume command and exit with 128 + the signal number.
+checkpoint of another model or a damaged one, a workdir another run is training in) ends with one
+line on stderr saying what was wrong and what is expected, and exit status 2. A NaN/Inf loss ends
+with one line and status 1; a write to the workdir that fails (disk full, read-only, workdir
+removed or unmounted) with one line and status 74 (EX_IOERR). SIGINT / SIGTERM save a checkpoint,
+print the resume command and exit with 128 + the signal number.
 """
 
 import argparse
@@ -21,6 +23,7 @@ from capsjax.runtime import tune_host_allocator
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 1
+EXIT_STORAGE = 74  # EX_IOERR of sysexits.h
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--seed", type=int, default=None)
   t.add_argument("--eval-every", type=int, default=None,
                  help="steps between full test-set evaluations (0: only at the end)")
+  t.add_argument("--log-every", type=int, default=None,
+                 help="steps between train-metric lines in metrics.jsonl")
   t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
   t.add_argument("--keep-checkpoints", type=int, default=None, help="how many to keep")
   t.add_argument("--train-examples", type=int, default=None,
@@ -77,7 +82,7 @@ def _train(args) -> dict:
   overrides = {"dataset": args.dataset, "epochs": args.epochs, "max_steps": args.max_steps,
                "batch_size": args.batch_size, "routing": args.routing,
                "routing_iters": args.routing_iters, "vote_chunk_size": args.vote_chunk_size,
-               "seed": args.seed, "eval_every": args.eval_every,
+               "seed": args.seed, "eval_every": args.eval_every, "log_every": args.log_every,
                "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints}
   overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -141,6 +146,7 @@ def _eval(args) -> dict:
 def main(argv=None) -> int:
   from capsjax.checkpoint import NonFiniteError
   from capsjax.interrupt import TrainingInterrupted
+  from capsjax.workdir import StorageError
 
   argv = sys.argv[1:] if argv is None else list(argv)
   args = _build_parser().parse_args(argv)
@@ -153,6 +159,9 @@ def main(argv=None) -> int:
   except NonFiniteError as e:
     sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")
     return EXIT_NONFINITE
+  except StorageError as e:
+    sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")
+    return EXIT_STORAGE
   except TrainingInterrupted as e:
     sys.stderr.write(f"capsjax: {e}. Resume with: {shlex.join(['capsjax', *argv])}\n")
     return e.exit_code

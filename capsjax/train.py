@@ -5,7 +5,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -18,6 +18,8 @@ from capsjax.checkpoint import Checkpointer, NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.interrupt import StopOnSignal, TrainingInterrupted
 from capsjax.model import CapsNet
+from capsjax.workdir import (StorageError, WorkdirLock, append_line, prepare_workdir,
+                             write_text_atomic)
 
 # Settings that change the network; a checkpoint is only resumable with the same values.
 MODEL_KEYS = ("input_shape", "num_classes", "routing", "routing_iters", "routing_options")
@@ -45,29 +47,27 @@ def create_state(settings: dict[str, Any], config: TrainConfig):
   return nnx.split((model, optimizer))
 
 
-def prepare_workdir(workdir: str | os.PathLike) -> Path:
-  """Creates `workdir` if needed; raises ValueError if it cannot be used."""
-  path = Path(workdir).expanduser()
-  if path.exists() and not path.is_dir():
-    raise ValueError(f"workdir {str(path)!r} exists and is not a directory.")
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"cannot create workdir {str(path)!r}: {e.strerror}.") from e
-  if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-    raise ValueError(f"workdir {str(path)!r} is not readable and writable by this user.")
-  return path
-
-
 class MetricsWriter:
-  """Appends one JSON object per line to `workdir/metrics.jsonl`."""
+  """Appends one JSON object per line to `workdir/metrics.jsonl`, each line whole or not at all.
 
-  def __init__(self, workdir: Path):
+  `guard()` runs before each write (the workdir lock's check that the workdir is still there);
+  a failed write raises StorageError ending with `last_checkpoint()` (a phrase naming the last
+  complete checkpoint).
+  """
+
+  def __init__(self, workdir: Path, guard: Callable[[], None] = lambda: None,
+               last_checkpoint: Callable[[], str] | None = None):
     self.path = workdir / "metrics.jsonl"
+    self.guard, self.last_checkpoint = guard, last_checkpoint
 
   def write(self, record: dict[str, Any]) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      self.guard()
+      append_line(self.path, json.dumps(record))
+    except StorageError as e:
+      if self.last_checkpoint is None:
+        raise
+      raise StorageError(f"{e}; {self.last_checkpoint()}") from e
 
 
 def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, float]:
@@ -158,11 +158,21 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     ValueError: bad input, or a checkpoint in `workdir` of a different model.
     TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint of the last finished step was saved.
     NonFiniteError: a NaN/Inf loss or gradient; nothing of that step was saved.
+    WorkdirBusyError (a ValueError): another process is training in `workdir`.
+    StorageError: a checkpoint, metrics.jsonl or config.json could not be written (disk full,
+      read-only, workdir removed); complete checkpoints and written metrics lines are intact.
   """
   config.validate()
   data.check_dataset(config.dataset)
   data.resolve_data_dir(data_dir)  # bad input fails before the workdir is created
   workdir = prepare_workdir(workdir)
+  with WorkdirLock(workdir) as lock:  # before anything in the workdir is read or changed
+    return _train_locked(config, workdir, lock, data_dir, train_limit, test_limit, progress)
+
+
+def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_dir: str | None,
+                  train_limit: int | None, test_limit: int | None, progress: bool
+                  ) -> dict[str, Any]:
   t_start = time.time()
   train_split = data.load_split(config.dataset, "train", data_dir, limit=train_limit)
   test_split = data.load_split(config.dataset, "test", data_dir, limit=test_limit)
@@ -171,95 +181,95 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   data.steps_per_epoch(len(train_split), config.batch_size)  # validates batch size vs data
 
   graphdef, state = create_state(settings, config)
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, cleanup=True)
-  for name in ckpt.removed_incomplete:
-    print(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
-  start_step = 0
-  restored = ckpt.restore_newest_good(
-      state, lambda meta: _check_resumable(meta.get("model", {}), settings, workdir))
-  if restored is not None:
-    state, saved = restored
-    start_step = int(saved["step"])
-    print(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
-    now = dataclasses.asdict(config)
-    changed = _differences(saved.get("config", {}), now, set(now) - set(_FREE_ON_RESUME))
-    if changed:  # allowed, but the user should know the run leaves the uninterrupted path
-      print(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
-            "resumed run will differ from an uninterrupted one.")
-    if saved["seed"] != config.seed:  # data order and augmentation keys follow the run's seed
-      print(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
-      config = dataclasses.replace(config, seed=saved["seed"])
-  (workdir / "config.json").write_text(json.dumps(
-      {"config": dataclasses.asdict(config), "model": settings}, indent=2))
-  meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
+  with Checkpointer(workdir, keep=config.keep_checkpoints, cleanup=True,
+                    guard=lock.check) as ckpt:
+    for name in ckpt.removed_incomplete:
+      print(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
+    start_step = 0
+    restored = ckpt.restore_newest_good(
+        state, lambda meta: _check_resumable(meta.get("model", {}), settings, workdir))
+    if restored is not None:
+      state, saved = restored
+      start_step = int(saved["step"])
+      print(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
+      now = dataclasses.asdict(config)
+      changed = _differences(saved.get("config", {}), now, set(now) - set(_FREE_ON_RESUME))
+      if changed:  # allowed, but the user should know the run leaves the uninterrupted path
+        print(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
+              "resumed run will differ from an uninterrupted one.")
+      if saved["seed"] != config.seed:  # data order and augmentation keys follow the run's seed
+        print(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
+        config = dataclasses.replace(config, seed=saved["seed"])
+    try:
+      write_text_atomic(workdir / "config.json", json.dumps(
+          {"config": dataclasses.asdict(config), "model": settings}, indent=2))
+    except StorageError as e:
+      raise StorageError(f"{e}; {ckpt.last_complete_phrase()}") from e
+    meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
 
-  train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
-                                     recon_weight=config.recon_weight)
-  eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
-  writer = MetricsWriter(workdir)
-  base_key = jax.random.key(config.seed)
-  schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
+    train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
+                                       recon_weight=config.recon_weight)
+    eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
+    writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase)
+    base_key = jax.random.key(config.seed)
+    schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
-  def run_eval(step: int) -> dict[str, Any]:
-    result = evaluate(eval_step, state, test_split, config.eval_batch_size, progress)
-    record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
-    writer.write(record)
-    return record
+    def run_eval(step: int) -> dict[str, Any]:
+      result = evaluate(eval_step, state, test_split, config.eval_batch_size, progress)
+      record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
+      writer.write(record)
+      return record
 
-  batches = data.train_batches(train_split, config.batch_size, config.seed, start_step)
-  pending: list[steps.StepMetrics] = []
-  bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress,
-             dynamic_ncols=True, desc=f"train {config.dataset}")
-  window_start, window_images = time.time(), 0
-  with StopOnSignal() as stop:
-    for step in range(start_step, total_steps):
-      images, labels = next(batches)
-      done = step + 1
-      state = faults.maybe_poison(state, done)
-      state, metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
-      if not metrics.finite:  # one scalar to the host per step, see README
-        bar.close()
-        message = _nonfinite_message(done, metrics, ckpt)
-        ckpt.close()
-        raise NonFiniteError(message)
-      pending.append(metrics)
-      window_images += len(labels)
-      if done % config.log_every == 0 or done == total_steps:
-        summary = _summarise(pending)
-        pending = []
-        rate = window_images / (time.time() - window_start)
-        window_start, window_images = time.time(), 0
-        writer.write({"step": done, "split": "train", "loss": summary["loss"],
-                      "margin_loss": summary["margin_loss"],
-                      "reconstruction_loss": summary["reconstruction_loss"],
-                      "train_accuracy": summary["accuracy"], "images_per_sec": rate,
-                      "learning_rate": float(schedule(done - 1)),
-                      "elapsed_s": time.time() - t_start})
-        bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
-                        img_s=f"{rate:.0f}")
-      bar.update(1)
-      faults.pause_after_step(done, lambda: stop.requested)
-      if stop.requested and done < total_steps:
-        bar.close()
-        ckpt.save(done, state, meta)
-        ckpt.close()
-        raise TrainingInterrupted(stop.signum, done, str(ckpt.directory))
-      if done % config.checkpoint_every == 0 and done < total_steps:
-        ckpt.save(done, state, meta)
-      if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-        bar.write(f"step {done}: test accuracy {run_eval(done)['test_accuracy']:.4%}")
-    bar.close()
-    final_step = max(start_step, total_steps)
-    if start_step >= total_steps:
-      print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
-    else:
-      ckpt.save(total_steps, state, meta)
-    ckpt.close()
-    if stop.requested:  # arrived during the last step: skip the final evaluation too
-      raise TrainingInterrupted(stop.signum, final_step, str(ckpt.directory))
-  final = run_eval(final_step)
-  final["train_seconds"] = time.time() - t_start
-  return final
+    batches = data.train_batches(train_split, config.batch_size, config.seed, start_step)
+    pending: list[steps.StepMetrics] = []
+    bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress,
+               dynamic_ncols=True, desc=f"train {config.dataset}")
+    window_start, window_images = time.time(), 0
+    with StopOnSignal() as stop:
+      for step in range(start_step, total_steps):
+        images, labels = next(batches)
+        done = step + 1
+        state = faults.maybe_poison(state, done)
+        state, metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
+        if not metrics.finite:  # one scalar to the host per step, see README
+          bar.close()
+          raise NonFiniteError(_nonfinite_message(done, metrics, ckpt))
+        pending.append(metrics)
+        window_images += len(labels)
+        if done % config.log_every == 0 or done == total_steps:
+          summary = _summarise(pending)
+          pending = []
+          rate = window_images / (time.time() - window_start)
+          window_start, window_images = time.time(), 0
+          writer.write({"step": done, "split": "train", "loss": summary["loss"],
+                        "margin_loss": summary["margin_loss"],
+                        "reconstruction_loss": summary["reconstruction_loss"],
+                        "train_accuracy": summary["accuracy"], "images_per_sec": rate,
+                        "learning_rate": float(schedule(done - 1)),
+                        "elapsed_s": time.time() - t_start})
+          bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
+                          img_s=f"{rate:.0f}")
+        bar.update(1)
+        faults.pause_after_step(done, lambda: stop.requested)
+        if stop.requested and done < total_steps:
+          bar.close()
+          ckpt.save(done, state, meta)
+          raise TrainingInterrupted(stop.signum, done, str(ckpt.directory))
+        if done % config.checkpoint_every == 0 and done < total_steps:
+          ckpt.save(done, state, meta)
+        if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+          bar.write(f"step {done}: test accuracy {run_eval(done)['test_accuracy']:.4%}")
+      bar.close()
+      final_step = max(start_step, total_steps)
+      if start_step >= total_steps:
+        print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
+      else:
+        ckpt.save(total_steps, state, meta)
+      if stop.requested:  # arrived during the last step: skip the final evaluation too
+        raise TrainingInterrupted(stop.signum, final_step, str(ckpt.directory))
+    final = run_eval(final_step)
+    final["train_seconds"] = time.time() - t_start
+    return final
 
 
 def load_for_eval(workdir: str | os.PathLike, step: int | None = None):
