@@ -301,9 +301,12 @@ class Checkpointer:
     except Exception as e:  # Orbax/JSON raise many types for damaged files
       raise self._error(step, _first_line(e)) from e
 
-  def restore(self, state: nnx.State, step: int | None = None) -> tuple[nnx.State, dict]:
+  def restore(self, state: nnx.State, step: int | None = None, *, part: int | None = None
+              ) -> tuple[nnx.State, dict]:
     """Fills `state` (a template of the right structure) from checkpoint `step` (default latest).
 
+    `part`: restore only this element of the saved (model, optimizer) pair, `state` being a
+    template of that element (0: the model alone, for evaluation; nothing else is read).
     Returns:
       (restored state, metadata dict). Raises CheckpointError if the checkpoint is damaged.
     """
@@ -311,12 +314,15 @@ class Checkpointer:
     self.verify(step)
     pure = state.to_pure_dict()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
+    item = (ocp.args.StandardRestore(abstract) if part is None else
+            ocp.args.PyTreeRestore({part: abstract}, partial_restore=True))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          state=item, meta=ocp.args.JsonRestore()))
     except Exception as e:  # tensorstore and Orbax raise many types for damaged files
       raise self._error(step, _first_line(e)) from e
-    nnx.replace_by_pure_dict(state, restored["state"])
+    nnx.replace_by_pure_dict(state, restored["state"] if part is None else
+                             restored["state"][part])
     return state, restored["meta"]
 
   def restore_newest_good(self, state: nnx.State, check_meta: Callable[[dict], None],
@@ -347,6 +353,10 @@ class Checkpointer:
   def _error(self, step: int, why: str) -> CheckpointError:
     return CheckpointError(f"checkpoint {step} in {str(self.directory)!r} cannot be restored: "
                            f"{why.rstrip('.')}.")
+
+  def resolve_step(self, step: int | None) -> int:
+    """`step`, or the newest complete checkpoint's when None; ValueError if there is none."""
+    return self._step(step)
 
   def _step(self, step: int | None) -> int:
     if step is None:

@@ -85,12 +85,14 @@ def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
 def make_eval_step(graphdef: Any, *, recon_weight: float):
   """Returns jitted `step(state, images, labels, valid [B] bool) -> StepMetrics`.
 
-  The decoder is masked by the predicted class (test-time behaviour); padded examples
-  (valid = False) do not count.
+  `graphdef`/`state`: of the model alone (`load_for_eval`), or of the (model, optimizer) pair
+  that training uses (the optimizer is not touched). The decoder is masked by the predicted
+  class (test-time behaviour); padded examples (valid = False) do not count.
   """
 
   def step(state, images, labels, valid):
-    model, _ = nnx.merge(graphdef, state)
+    merged = nnx.merge(graphdef, state)
+    model = merged[0] if isinstance(merged, tuple) else merged
     _, metrics = _losses(model, to_float(images), labels, recon_weight, mask_labels=False,
                          valid=valid)
     return metrics

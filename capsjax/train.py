@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from capsjax import config as config_lib
 from capsjax import data, faults, steps
-from capsjax.checkpoint import Checkpointer, NonFiniteError
+from capsjax import routing as routing_lib
+from capsjax.checkpoint import CheckpointError, Checkpointer, NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.interrupt import StopOnSignal, TrainingInterrupted
 from capsjax.model import CapsNet
@@ -32,16 +33,21 @@ def model_settings(config: TrainConfig, split: data.Split) -> dict[str, Any]:
           "routing_options": dict(config.routing_options), **config.model}
 
 
-def create_state(settings: dict[str, Any], config: TrainConfig):
-  """(graphdef, state) of a fresh (CapsNet, nnx.Optimizer) pair seeded by config.seed."""
+def create_model(settings: dict[str, Any], config: TrainConfig) -> CapsNet:
+  """A fresh CapsNet with `settings` (see `model_settings`), seeded by config.seed."""
   # Settings an older checkpoint did not record take their defaults.
   settings = {**{k: _setting_default(k) for k in MODEL_KEYS}, **settings}
   extra = {k: v for k, v in settings.items() if k in config_lib.model_options()}
-  model = CapsNet(input_shape=tuple(settings["input_shape"]),
-                  num_classes=settings["num_classes"], routing=settings["routing"],
-                  routing_iters=settings["routing_iters"],
-                  routing_options=settings["routing_options"],
-                  vote_chunk_size=config.vote_chunk_size, rngs=nnx.Rngs(config.seed), **extra)
+  return CapsNet(input_shape=tuple(settings["input_shape"]),
+                 num_classes=settings["num_classes"], routing=settings["routing"],
+                 routing_iters=settings["routing_iters"],
+                 routing_options=settings["routing_options"],
+                 vote_chunk_size=config.vote_chunk_size, rngs=nnx.Rngs(config.seed), **extra)
+
+
+def create_state(settings: dict[str, Any], config: TrainConfig):
+  """(graphdef, state) of a fresh (CapsNet, nnx.Optimizer) pair seeded by config.seed."""
+  model = create_model(settings, config)
   tx = steps.make_optimizer(config.learning_rate, config.decay_rate, config.decay_steps)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   return nnx.split((model, optimizer))
@@ -116,8 +122,16 @@ def _differences(saved: dict[str, Any], now: dict[str, Any], keys) -> list[str]:
 
 
 def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-  """The model settings (MODEL_KEYS and any CapsNet option) that differ, one string each."""
-  return _differences(saved, settings, set(MODEL_KEYS) | set(saved) | set(settings))
+  """The model settings (MODEL_KEYS and any CapsNet option) that differ, one string each.
+
+  `routing_iters` does not count for a one-pass rule (`iterative=False`), which ignores it.
+  """
+  keys = set(MODEL_KEYS) | set(saved) | set(settings)
+  rule = settings.get("routing", _setting_default("routing"))
+  if saved.get("routing", _setting_default("routing")) == rule and rule in routing_lib.available():
+    if not routing_lib.info(rule).iterative:
+      keys.discard("routing_iters")
+  return _differences(saved, settings, keys)
 
 
 # Settings a resumed run may change without leaving the uninterrupted run's path.
@@ -272,8 +286,47 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     return final
 
 
-def load_for_eval(workdir: str | os.PathLike, step: int | None = None):
-  """Restores (graphdef, state, meta) of checkpoint `step` (default latest) in `workdir`."""
+def config_from_saved(saved: dict[str, Any], report: Callable[[str], None] = print
+                      ) -> TrainConfig:
+  """The TrainConfig a checkpoint recorded, as this version reads it.
+
+  Fields this version does not know are ignored (with a note through `report`), fields the
+  checkpoint lacks take their defaults; a value of the wrong kind, or one that fails
+  `validate`, raises a one-line ValueError naming the field.
+  """
+  fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+  unknown = sorted(set(saved) - set(fields))
+  if unknown:
+    report(f"Note: the checkpoint's config has field(s) this version does not know, ignored: "
+           f"{', '.join(unknown)}.")
+  known = {k: v for k, v in saved.items() if k in fields}
+  for name, value in known.items():
+    expected = type(_setting_default(name))
+    if value is None or expected is type(None):
+      continue
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float
+          else isinstance(value, expected) and not (expected is int and isinstance(value, bool)))
+    if not ok:
+      raise ValueError(f"the checkpoint's config field {name} is {value!r}; this version "
+                       f"expects a value of type {expected.__name__}.")
+  try:
+    return TrainConfig(**known).validate()
+  except ValueError as e:
+    raise ValueError(f"the checkpoint's config cannot be used: {e}") from e
+
+
+def load_for_eval(workdir: str | os.PathLike, step: int | None = None, *,
+                  with_optimizer: bool = False, report: Callable[[str], None] = print):
+  """Restores checkpoint `step` (default: the newest complete one) of `workdir`.
+
+  Reads without the workdir lock, so it works while a training run writes: temporary (not yet
+  complete) checkpoints are never seen, and if the run deletes the newest checkpoint while it is
+  being read (it keeps only the last few), the then newest one is read instead.
+
+  Returns:
+    (graphdef, state, meta): of the model alone (what evaluation needs), or of the
+    (model, optimizer) pair that training uses when `with_optimizer`.
+  """
   path = Path(workdir).expanduser()
   if not path.is_dir():
     raise ValueError(f"workdir {str(path)!r} does not exist or is not a directory.")
@@ -281,10 +334,19 @@ def load_for_eval(workdir: str | os.PathLike, step: int | None = None):
     raise ValueError(f"workdir {str(path)!r} is not readable.")
   if not (path / "checkpoints").is_dir():
     raise ValueError(f"workdir {str(path)!r} has no checkpoints/; train into it first.")
-  ckpt = Checkpointer(path)
-  meta = ckpt.read_meta(step)
-  config = TrainConfig(**meta["config"])
-  graphdef, state = create_state(meta["model"], config)
-  state, meta = ckpt.restore(state, step)
-  ckpt.close()
-  return graphdef, state, meta
+  for attempt in range(3):
+    with Checkpointer(path) as ckpt:
+      chosen = ckpt.resolve_step(step)
+      try:
+        meta = ckpt.read_meta(chosen)
+        config = config_from_saved(meta["config"], report)
+        if with_optimizer:
+          graphdef, state = create_state(meta["model"], config)
+          state, meta = ckpt.restore(state, chosen)
+        else:
+          graphdef, state = nnx.split(create_model(meta["model"], config))
+          state, meta = ckpt.restore(state, chosen, part=0)
+        return graphdef, state, meta
+      except CheckpointError:
+        if step is not None or (ckpt.directory / str(chosen)).exists() or attempt == 2:
+          raise  # damaged, not deleted under us by a training run

@@ -131,7 +131,7 @@ def _config(**overrides):
 
 
 def _final(workdir):
-  _, state, meta = train.load_for_eval(workdir)
+  _, state, meta = train.load_for_eval(workdir, with_optimizer=True)
   return meta["step"], jax.tree.map(np.asarray, state.to_pure_dict())
 
 

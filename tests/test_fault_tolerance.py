@@ -33,7 +33,7 @@ def _train_args(workdir: Path, max_steps: int = STEPS) -> list[str]:
 
 def _arrays(workdir: Path, step: int | None = None) -> dict:
   """The checkpoint's (model, optimizer) state as numpy arrays, plus its metadata step."""
-  _, state, meta = load_for_eval(workdir, step)
+  _, state, meta = load_for_eval(workdir, step, with_optimizer=True)
   return {"step": meta["step"], "state": jax.tree.map(np.asarray, state.to_pure_dict())}
 
 
