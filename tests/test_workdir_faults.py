@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from capsjax.checkpoint import Checkpointer
-from capsjax.workdir import StorageError, WorkdirBusyError, WorkdirLock, write_text_atomic
+from capsjax.workdir import (StorageError, WorkdirBusyError, WorkdirLock, append_line,
+                             write_text_atomic)
 from conftest import run_cli
 from test_fault_tolerance import (_arrays, _assert_bit_identical, _resume, _tmp_dirs,
                                   _train_args, _wait_for, reference)  # noqa: F401 (fixture)
@@ -229,6 +230,17 @@ def test_config_json_is_replaced_whole_or_not_at_all(tmp_path):
       write_text_atomic(disk / "config.json", json.dumps({"new": "x" * 1_000_000}))
     assert (disk / "config.json").read_text() == '{"old": true}'
     assert sorted(p.name for p in disk.iterdir()) == ["config.json", "filler"]
+
+
+def test_a_line_that_fits_only_in_part_is_taken_back(tmp_path):
+  with tmpfs(tmp_path / "disk", 256) as disk:
+    metrics = disk / "metrics.jsonl"
+    metrics.write_text("x" * 4000 + "\n")  # 95 bytes left in the file's last 4 KiB page
+    _fill(disk)
+    with pytest.raises(StorageError, match="could not write metrics.jsonl in .*: no space left on "
+                                           "device$"):
+      append_line(metrics, json.dumps({"step": 7, "pad": "y" * 200}))  # 95 bytes fit, not 220
+    assert metrics.read_text() == "x" * 4000 + "\n"
 
 
 # --- read-only or vanished workdir -------------------------------------------------------------
