@@ -182,7 +182,9 @@ class Checkpointer:
   def save(self, step: int, state: nnx.State, meta: dict[str, Any]) -> None:
     """Writes checkpoint `step` (overwriting nothing; Orbax finalises it atomically).
 
-    Raises NonFiniteError, writing nothing, if any array of `state` holds NaN or Inf.
+    Raises NonFiniteError, writing nothing, if any array of `state` holds NaN or Inf, and
+    StorageError if the checkpoint cannot be written (not enough free space for it, a failed
+    write, the workdir gone); a failed save's temporary folder is removed.
     """
     pure = jax.device_get(state.to_pure_dict())
     check_finite(pure, f"refusing to write checkpoint {step}")
@@ -195,7 +197,7 @@ class Checkpointer:
       raise StorageError(f"could not save checkpoint {step}: {e}; "
                          f"{self.last_complete_phrase()}") from e
     except OSError as e:
-      raise StorageError(self._save_failed(step, os_error_reason(e))) from e
+      raise StorageError(self._save_failed(step, os_error_reason(e) or _first_line(e))) from e
     if free < needed and not faults.skip_space_check():
       raise StorageError(self._save_failed(step, NO_SPACE, needed, free))
     try:
