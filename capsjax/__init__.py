@@ -5,5 +5,14 @@ from capsjax.model import CapsNet, CapsNetOutput, count_params
 from capsjax.squash import safe_length, squash
 
 __version__ = "0.1.0"
-__all__ = ["CapsNet", "CapsNetOutput", "count_params", "losses", "routing", "safe_length",
-           "squash"]
+__all__ = ["CapsNet", "CapsNetOutput", "Prediction", "TrainedModel", "count_params", "fit", "load",
+           "losses", "routing", "safe_length", "squash"]
+
+_API = ("Prediction", "TrainedModel", "fit", "load")
+
+
+def __getattr__(name):  # capsjax.load / capsjax.fit import the training stack only when used
+  if name in _API:
+    from capsjax import api
+    return getattr(api, name)
+  raise AttributeError(f"module 'capsjax' has no attribute {name!r}")

@@ -1,7 +1,8 @@
-"""`capsjax train` and `capsjax eval`.
+"""`capsjax train`, `capsjax eval` and `capsjax predict`.
 
     capsjax train --config quick --data-dir ../shared/tensorflow_datasets --workdir runs/quick
     capsjax eval --workdir runs/quick --data-dir ../shared/tensorflow_datasets
+    capsjax predict --workdir runs/quick digit.png scan.jpg --reconstruct out/
 
 Bad input (missing data, unknown config or dataset, non-positive sizes, unusable workdir, a
 checkpoint of another model or a damaged one, a workdir another run is training in) ends with one
@@ -17,6 +18,7 @@ import dataclasses
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from capsjax import data
 from capsjax.runtime import tune_host_allocator
@@ -71,6 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
   e.add_argument("--test-examples", type=int, default=None,
                  help="evaluate on only the first N test examples (default: all)")
   e.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p = sub.add_parser("predict", help="classify image files with a trained model")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, ... image files")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--reconstruct", metavar="DIR", default=None,
+                 help="save NAME.input.png (what the model saw) and NAME.reconstruction.png "
+                      "for each FILE into DIR")
   return parser
 
 
@@ -143,6 +152,39 @@ def _eval(args) -> dict:
   return {"dataset": config["dataset"], **train_lib.test_record(int(meta["step"]), result)}
 
 
+def _predict(args) -> int:
+  """One JSON line per file on stdout; one error line per bad file on stderr (the other files
+  are still classified); exit status 2 if any file failed."""
+  from capsjax import api, images
+
+  model = api.load(args.workdir, args.step)
+  out_dir = None
+  if args.reconstruct:
+    out_dir = Path(args.reconstruct)
+    if out_dir.exists() and not out_dir.is_dir():
+      raise ValueError(f"--reconstruct {str(out_dir)!r} exists and is not a directory.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+  failed = 0
+  for name in args.files:
+    try:
+      image, done = images.read_image(name, model.input_shape)
+    except ValueError as e:
+      sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")
+      failed += 1
+      continue
+    pred = model.predict(image)
+    record = {"file": name, "class": int(pred.classes[0]),
+              "scores": [round(float(x), 6) for x in pred.scores[0]], "converted": done,
+              "step": model.step}
+    if out_dir is not None:
+      stem = Path(name).stem
+      images.write_image(out_dir / f"{stem}.input.png", image / 255.0)
+      images.write_image(out_dir / f"{stem}.reconstruction.png", pred.reconstructions[0])
+      record["reconstruction"] = str(out_dir / f"{stem}.reconstruction.png")
+    print(json.dumps(record), flush=True)
+  return EXIT_USAGE if failed else 0
+
+
 def main(argv=None) -> int:
   from capsjax.checkpoint import NonFiniteError
   from capsjax.interrupt import TrainingInterrupted
@@ -152,6 +194,8 @@ def main(argv=None) -> int:
   args = _build_parser().parse_args(argv)
   tune_host_allocator()
   try:
+    if args.command == "predict":
+      return _predict(args)
     result = _train(args) if args.command == "train" else _eval(args)
   except ValueError as e:
     sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")

@@ -1,0 +1,120 @@
+"""Trained models from Python: `capsjax.load(workdir)` and `capsjax.fit(...)`.
+
+    model = capsjax.load("runs/quick")              # newest complete checkpoint
+    pred = model.predict(images)                    # uint8 or float in [0, 1], [B, 28, 28, 1]
+    pred.classes, pred.scores, pred.capsules, pred.reconstructions
+
+    capsjax.fit("quick", "runs/notebook", data_dir="../shared/tensorflow_datasets", max_steps=200)
+"""
+
+import dataclasses
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from capsjax import config as config_lib
+from capsjax import data, steps
+from capsjax import train as train_lib
+
+
+class Prediction(NamedTuple):
+  """What a trained CapsNet says about a batch of B images.
+
+  Attributes:
+    classes: [B] int, the highest-scoring class.
+    scores: [B, K] class scores: capsule lengths |v_k|, or the rule's activations (em,
+      inverted_dot_product).
+    capsules: [B, K, D] the DigitCaps v_k.
+    reconstructions: [B, H, W, C] in [0, 1], decoded from the predicted class's capsule.
+  """
+
+  classes: np.ndarray
+  scores: np.ndarray
+  capsules: np.ndarray
+  reconstructions: np.ndarray
+
+
+class TrainedModel:
+  """A CapsNet restored from a workdir, with the config and settings it was trained with."""
+
+  def __init__(self, graphdef, state, meta: dict[str, Any], batch_size: int = 100):
+    self.graphdef, self.state = graphdef, state
+    self.step = int(meta["step"])
+    self.config = train_lib.config_from_saved(meta["config"], report=lambda _: None)
+    self.settings = dict(meta["model"])
+    self.batch_size = batch_size
+    model = nnx.merge(graphdef, state)
+    self.input_shape: tuple[int, int, int] = model.input_shape
+    self.num_classes: int = model.num_classes
+
+    @jax.jit
+    def forward(state, images):
+      out = nnx.merge(graphdef, state)(steps.to_float(images))
+      return jnp.argmax(out.lengths, -1), out.lengths, out.v, out.reconstructions
+
+    self._forward = forward
+
+  @property
+  def model(self):
+    """The restored `capsjax.CapsNet` (an NNX module; call it like any CapsNet)."""
+    return nnx.merge(self.graphdef, self.state)
+
+  def predict(self, images) -> Prediction:
+    """Classifies `images`: [B, H, W, C] or one [H, W, C]; uint8 (0..255) or float in [0, 1].
+
+    Runs in fixed-size batches (the last one padded), so any B compiles once.
+    """
+    images = np.asarray(images)
+    if images.ndim == len(self.input_shape):
+      images = images[None]
+    if images.ndim != 4 or images.shape[1:] != self.input_shape:
+      raise ValueError(f"images must have shape [B, {', '.join(map(str, self.input_shape))}] or "
+                       f"[{', '.join(map(str, self.input_shape))}], got {images.shape}.")
+    data.check_batch(images, np.zeros(len(images), np.int32), self.num_classes)
+    parts = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      padded = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]),
+                                               chunk.dtype)])
+      parts.append([np.asarray(x)[:len(chunk)] for x in self._forward(self.state, padded)])
+    return Prediction(*(np.concatenate(columns) for columns in zip(*parts)))
+
+
+def load(workdir: str | os.PathLike, step: int | None = None, *,
+         batch_size: int = 100) -> TrainedModel:
+  """The model of checkpoint `step` (default: the newest complete one) of `workdir`, ready to
+  `predict`. ValueError (one line) for a workdir without checkpoints or a damaged one."""
+  graphdef, state, meta = train_lib.load_for_eval(workdir, step, report=lambda _: None)
+  return TrainedModel(graphdef, state, meta, batch_size=batch_size)
+
+
+def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
+        data_dir: str | os.PathLike | None = None, *, progress: bool = True,
+        train_examples: int | None = None, test_examples: int | None = None,
+        **overrides) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir` through the same loop as `capsjax train`.
+
+  Args:
+    config: a preset name ("quick", "paper") or a TrainConfig.
+    workdir, data_dir: as for the CLI (data_dir None: $TFDS_DATA_DIR).
+    train_examples, test_examples: use only the first N examples (smoke runs).
+    **overrides: TrainConfig fields, e.g. max_steps=200, routing="uniform".
+  Returns:
+    the final test metrics, as `capsjax train` prints them.
+  """
+  if isinstance(config, str):
+    config = config_lib.get_preset(config)
+  fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"unknown TrainConfig field(s) {', '.join(unknown)}; expected some of "
+                     f"{', '.join(sorted(fields))}.")
+  if "epochs" in overrides and "max_steps" not in overrides:
+    overrides["max_steps"] = None  # epochs alone sets the run length, as on the CLI
+  config = dataclasses.replace(config, **overrides)
+  return train_lib.train(config, workdir, data_dir, train_limit=train_examples,
+                         test_limit=test_examples, progress=progress)

@@ -1,0 +1,127 @@
+"""`capsjax.fit` / `capsjax.load(...).predict` from Python, and `capsjax predict` on image files."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import capsjax
+from capsjax import cli, data, images, steps, train
+from conftest import run_cli
+
+TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
+            decoder_hidden=[32, 64])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, data_dir):
+  """A tiny CapsNet trained for 30 steps through `capsjax.fit`."""
+  path = tmp_path_factory.mktemp("fit")
+  result = capsjax.fit("quick", path, data_dir, progress=False, train_examples=512,
+                       test_examples=200, max_steps=30, batch_size=16, model=TINY)
+  assert result["step"] == 30 and result["test_examples"] == 200
+  return path
+
+
+def test_fit_runs_the_cli_loop_and_rejects_unknown_settings(workdir, tmp_path, data_dir):
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "train"] == [20, 30]
+  assert json.loads((workdir / "config.json").read_text())["config"]["max_steps"] == 30
+  with pytest.raises(ValueError, match="unknown TrainConfig field.s. max_step; expected"):
+    capsjax.fit("quick", tmp_path / "x", data_dir, max_step=3)
+
+
+def test_predict_agrees_with_evaluation(workdir, data_dir):
+  model = capsjax.load(workdir)
+  assert model.step == 30 and model.input_shape == (28, 28, 1) and model.num_classes == 10
+  test = data.load_split("mnist", "test", data_dir, limit=200)
+  pred = model.predict(test.images)  # 200 images in batches of 100
+  assert pred.classes.shape == (200,) and pred.scores.shape == (200, 10)
+  assert pred.capsules.shape == (200, 10, 6) and pred.reconstructions.shape == (200, 28, 28, 1)
+  np.testing.assert_array_equal(pred.classes, pred.scores.argmax(-1))
+  np.testing.assert_allclose(pred.scores, np.linalg.norm(pred.capsules, axis=-1), rtol=1e-5,
+                             atol=1e-6)
+  # The same accuracy as `capsjax eval` of that checkpoint on the same images.
+  graphdef, state, _ = train.load_for_eval(workdir)
+  eval_step = steps.make_eval_step(graphdef, recon_weight=0.0005)
+  result = train.evaluate(eval_step, state, test, batch_size=50)
+  assert np.mean(pred.classes == test.labels) == pytest.approx(result["accuracy"])
+  # One image without a batch axis, and float input, give the same answer.
+  one = model.predict(test.images[7])
+  np.testing.assert_allclose(one.scores[0], pred.scores[7], rtol=1e-5, atol=1e-6)
+  as_float = model.predict(test.images[:3].astype(np.float32) / 255.0)
+  np.testing.assert_allclose(as_float.scores, pred.scores[:3], rtol=1e-5, atol=1e-6)
+
+
+def test_load_and_predict_bad_input(workdir, tmp_path):
+  with pytest.raises(ValueError, match="has no checkpoints/; train into it first"):
+    capsjax.load(tmp_path)
+  model = capsjax.load(workdir)
+  with pytest.raises(ValueError, match=r"images must have shape \[B, 28, 28, 1\] or \[28, 28, 1\], "
+                                       r"got \(2, 32, 32, 1\)"):
+    model.predict(np.zeros((2, 32, 32, 1), np.uint8))
+  with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\], got values from 3"):
+    model.predict(np.full((1, 28, 28, 1), 3.0, np.float32))
+
+
+def test_read_image_converts_and_says_what_it_did(tmp_path):
+  rgba = np.zeros((56, 56, 4), np.uint8)
+  rgba[..., :3] = 255  # white figure...
+  rgba[20:36, 20:36, 3] = 255  # ...opaque only in the middle; transparent elsewhere
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+  array, done = images.read_image(tmp_path / "a.png", (28, 28, 1))
+  assert done == ["transparency flattened onto black", "resized from 56x56 to 28x28"]
+  assert array.shape == (28, 28, 1) and array.dtype == np.uint8
+  assert array[14, 14, 0] == 255 and array[2, 2, 0] == 0
+
+  Image.fromarray(np.full((28, 28), 230, np.uint8)).save(tmp_path / "paper.jpg")
+  array, done = images.read_image(tmp_path / "paper.jpg", (28, 28, 1))
+  assert done == ["inverted (dark figure on a light background)"] and array.max() < 40
+
+  grey16 = (np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) * 80)
+  Image.fromarray(grey16).save(tmp_path / "deep.png")
+  array, done = images.read_image(tmp_path / "deep.png", (28, 28, 3))
+  assert done[0].endswith("scaled to 8-bit grey") and done[1] == "L converted to RGB"
+  assert array.shape == (28, 28, 3) and array[..., 0].max() == 255
+
+  with pytest.raises(ValueError, match="the model takes 2 channels; only 1 .grey. or 3 .RGB."):
+    images.read_image(tmp_path / "a.png", (28, 28, 2))
+
+
+def test_predict_command(workdir, tmp_path, data_dir, capsys):
+  test = data.load_split("mnist", "test", data_dir, limit=2)
+  Image.fromarray(test.images[0, ..., 0]).save(tmp_path / "seven.png")
+  Image.fromarray(np.stack([255 - test.images[1, ..., 0]] * 3, -1)).resize((112, 112)).save(
+      tmp_path / "two_on_paper.jpg", quality=95)
+  (tmp_path / "notes.txt").write_text("not an image")
+  files = [tmp_path / "seven.png", tmp_path / "notes.txt", tmp_path, tmp_path / "two_on_paper.jpg"]
+  code = cli.main(["predict", "--workdir", str(workdir), *map(str, files), "--reconstruct",
+                   str(tmp_path / "out")])
+  out, err = capsys.readouterr()
+  assert code == 2  # two of the four files failed; the other two were still classified
+  assert err.splitlines() == [
+      f"capsjax: error: {tmp_path / 'notes.txt'}: not an image PIL can read (PNG, JPEG, BMP, "
+      "GIF, TIFF, ...).",
+      f"capsjax: error: {tmp_path}: is a directory, expected an image file."]
+  records = [json.loads(l) for l in out.splitlines()]
+  assert [r["file"] for r in records] == [str(files[0]), str(files[3])]
+  assert records[0]["converted"] == []
+  assert records[1]["converted"] == ["RGB converted to grey", "resized from 112x112 to 28x28",
+                                     "inverted (dark figure on a light background)"]
+  expected = capsjax.load(workdir).predict(test.images[:1])
+  assert records[0]["class"] == int(expected.classes[0])
+  np.testing.assert_allclose(records[0]["scores"], expected.scores[0], atol=2e-6)
+  saved = np.asarray(Image.open(tmp_path / "out" / "seven.reconstruction.png"))
+  assert saved.shape == (28, 28)
+  np.testing.assert_array_equal(
+      saved, (np.clip(expected.reconstructions[0, ..., 0], 0, 1) * 255).round().astype(np.uint8))
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "seven.input.png")),
+                                test.images[0, ..., 0])
+
+
+def test_predict_without_checkpoint_is_one_line(tmp_path):
+  proc = run_cli("predict", "--workdir", str(tmp_path), "x.png")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"capsjax: error: workdir {str(tmp_path)!r} has no checkpoints/; train into it first.")
