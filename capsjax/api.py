@@ -94,13 +94,14 @@ def load(workdir: str | os.PathLike, step: int | None = None, *,
 
 def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
         data_dir: str | os.PathLike | None = None, *, progress: bool = True,
-        train_examples: int | None = None, test_examples: int | None = None,
+        tensorboard: bool = False, train_examples: int | None = None, test_examples: int | None = None,
         **overrides) -> dict[str, Any]:
   """Trains (or resumes) in `workdir` through the same loop as `capsjax train`.
 
   Args:
     config: a preset name ("quick", "paper") or a TrainConfig.
     workdir, data_dir: as for the CLI (data_dir None: $TFDS_DATA_DIR).
+    progress, tensorboard: as `capsjax train` without --no-progress / with --tensorboard.
     train_examples, test_examples: use only the first N examples (smoke runs).
     **overrides: TrainConfig fields, e.g. max_steps=200, routing="uniform".
   Returns:
@@ -117,4 +118,4 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
     overrides["max_steps"] = None  # epochs alone sets the run length, as on the CLI
   config = dataclasses.replace(config, **overrides)
   return train_lib.train(config, workdir, data_dir, train_limit=train_examples,
-                         test_limit=test_examples, progress=progress)
+                         test_limit=test_examples, progress=progress, tensorboard=tensorboard)

@@ -66,6 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--test-examples", type=int, default=None,
                  help="evaluate on only the first N test examples (smoke runs)")
   t.add_argument("--no-progress", action="store_true", help="no progress bar")
+  t.add_argument("--tensorboard", action="store_true",
+                 help="also log to WORKDIR/tensorboard (needs the tensorboard extra)")
   e = sub.add_parser("eval", help="evaluate the latest checkpoint on the full test split")
   e.add_argument("--workdir", required=True)
   e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
@@ -105,7 +107,8 @@ def _train(args) -> dict:
   config = dataclasses.replace(config, **overrides)
   _check_positive(args, "train_examples", "test_examples")
   return train_lib.train(config, args.workdir, args.data_dir, train_limit=args.train_examples,
-                         test_limit=args.test_examples, progress=not args.no_progress)
+                         test_limit=args.test_examples, progress=not args.no_progress,
+                         tensorboard=args.tensorboard)
 
 
 def _key_values(items: list[str], flag: str, example: str) -> dict:

@@ -98,3 +98,15 @@ def make_eval_step(graphdef: Any, *, recon_weight: float):
     return metrics
 
   return jax.jit(step)
+
+
+def make_reconstruct_step(graphdef: Any):
+  """Returns jitted `step(state, images uint8 [N,H,W,C]) -> reconstructions [N,H,W,C]` in [0, 1],
+  decoded from the highest-scoring capsule (state as for `make_eval_step`)."""
+
+  def step(state, images):
+    merged = nnx.merge(graphdef, state)
+    model = merged[0] if isinstance(merged, tuple) else merged
+    return model(to_float(images)).reconstructions
+
+  return jax.jit(step)

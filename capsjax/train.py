@@ -1,5 +1,6 @@
 """The training loop: data, jitted steps, metrics.jsonl, progress bar, checkpoints, resume."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from capsjax import config as config_lib
 from capsjax import data, faults, steps
 from capsjax import routing as routing_lib
+from capsjax import tensorboard as tensorboard_lib
 from capsjax.checkpoint import CheckpointError, Checkpointer, NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.interrupt import StopOnSignal, TrainingInterrupted
@@ -58,13 +60,13 @@ class MetricsWriter:
 
   `guard()` runs before each write (the workdir lock's check that the workdir is still there);
   a failed write raises StorageError ending with `last_checkpoint()` (a phrase naming the last
-  complete checkpoint).
+  complete checkpoint). Each record also goes to `also.write` if given (TensorBoard).
   """
 
   def __init__(self, workdir: Path, guard: Callable[[], None] = lambda: None,
-               last_checkpoint: Callable[[], str] | None = None):
+               last_checkpoint: Callable[[], str] | None = None, also=None):
     self.path = workdir / "metrics.jsonl"
-    self.guard, self.last_checkpoint = guard, last_checkpoint
+    self.guard, self.last_checkpoint, self.also = guard, last_checkpoint, also
 
   def write(self, record: dict[str, Any]) -> None:
     try:
@@ -74,6 +76,8 @@ class MetricsWriter:
       if self.last_checkpoint is None:
         raise
       raise StorageError(f"{e}; {self.last_checkpoint()}") from e
+    if self.also is not None:
+      self.also.write(record)
 
 
 def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, float]:
@@ -156,7 +160,7 @@ def _nonfinite_message(step: int, metrics: steps.StepMetrics, ckpt: Checkpointer
 
 def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None = None,
           *, train_limit: int | None = None, test_limit: int | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, tensorboard: bool = False) -> dict[str, Any]:
   """Trains (or resumes) a CapsNet and returns the final test metrics.
 
   Args:
@@ -166,6 +170,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     data_dir: TFDS data_dir (None: $TFDS_DATA_DIR).
     train_limit, test_limit: use only the first N examples of each split (smoke tests).
     progress: show a tqdm progress bar (stderr).
+    tensorboard: also write the metrics and test reconstructions to WORKDIR/tensorboard
+      (needs tensorboardX; see capsjax/tensorboard.py).
   Returns:
     {"step", "test_accuracy", "test_loss", ..., "train_seconds"}.
   Raises:
@@ -179,14 +185,17 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   config.validate()
   data.check_dataset(config.dataset)
   data.resolve_data_dir(data_dir)  # bad input fails before the workdir is created
+  if tensorboard:
+    tensorboard_lib.check_available()
   workdir = prepare_workdir(workdir)
   with WorkdirLock(workdir) as lock:  # before anything in the workdir is read or changed
-    return _train_locked(config, workdir, lock, data_dir, train_limit, test_limit, progress)
+    return _train_locked(config, workdir, lock, data_dir, train_limit, test_limit, progress,
+                         tensorboard)
 
 
 def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_dir: str | None,
-                  train_limit: int | None, test_limit: int | None, progress: bool
-                  ) -> dict[str, Any]:
+                  train_limit: int | None, test_limit: int | None, progress: bool,
+                  tensorboard: bool) -> dict[str, Any]:
   t_start = time.time()
   train_split = data.load_split(config.dataset, "train", data_dir, limit=train_limit)
   test_split = data.load_split(config.dataset, "test", data_dir, limit=test_limit)
@@ -195,8 +204,10 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
   data.steps_per_epoch(len(train_split), config.batch_size)  # validates batch size vs data
 
   graphdef, state = create_state(settings, config)
+  board = tensorboard_lib.TensorBoardWriter(workdir) if tensorboard else None
   with Checkpointer(workdir, keep=config.keep_checkpoints, cleanup=True,
-                    guard=lock.check) as ckpt:
+                    guard=lock.check) as ckpt, (
+      contextlib.closing(board) if board else contextlib.nullcontext()):
     for name in ckpt.removed_incomplete:
       print(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
     start_step = 0
@@ -224,7 +235,8 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
                                        recon_weight=config.recon_weight)
     eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
-    writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase)
+    writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
+    reconstruct = steps.make_reconstruct_step(graphdef) if board else None
     base_key = jax.random.key(config.seed)
     schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
@@ -232,6 +244,9 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
       result = evaluate(eval_step, state, test_split, config.eval_batch_size, progress)
       record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
       writer.write(record)
+      if board is not None:
+        sample = test_split.images[:8]
+        board.images(step, sample, np.asarray(reconstruct(state, sample)))
       return record
 
     batches = data.train_batches(train_split, config.batch_size, config.seed, start_step)

@@ -125,3 +125,34 @@ def test_predict_without_checkpoint_is_one_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       f"capsjax: error: workdir {str(tmp_path)!r} has no checkpoints/; train into it first.")
+
+
+def test_tensorboard_log_holds_the_metrics_and_reconstructions(tmp_path, data_dir):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  capsjax.fit("quick", tmp_path, data_dir, progress=False, tensorboard=True, train_examples=64,
+              test_examples=16, max_steps=4, batch_size=8, log_every=2, eval_every=2,
+              model=TINY)
+  events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+  events.Reload()
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  for split, keys in (("train", ("loss", "train_accuracy", "learning_rate", "images_per_sec")),
+                      ("test", ("test_accuracy", "test_loss", "test_examples"))):
+    for key in keys:
+      logged = [(e.step, e.value) for e in events.Scalars(f"{split}/{key}")]
+      expected = [(r["step"], r[key]) for r in records if r["split"] == split]
+      assert [s for s, _ in logged] == [s for s, _ in expected] == [2, 4]
+      np.testing.assert_allclose([v for _, v in logged], [v for _, v in expected], rtol=1e-6)
+  pictures = events.Images("test/reconstructions")
+  assert [p.step for p in pictures] == [2, 4]
+  assert (pictures[-1].height, pictures[-1].width) == (2 * 28, 8 * 28)
+
+
+def test_tensorboard_without_tensorboardx_is_one_line(tmp_path, data_dir, monkeypatch, capsys):
+  monkeypatch.setitem(__import__("sys").modules, "tensorboardX", None)  # as if not installed
+  code = cli.main(["train", "--workdir", str(tmp_path / "run"), "--data-dir", data_dir,
+                   "--tensorboard", "--max-steps", "1"])
+  assert code == 2 and not (tmp_path / "run").exists()  # refused before the workdir is made
+  assert capsys.readouterr().err.strip() == (
+      'capsjax: error: --tensorboard needs tensorboardX: pip install "capsjax[tensorboard]" (or '
+      'pip install tensorboardX).')
