@@ -16,6 +16,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -36,8 +37,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="capsjax", description="Capsule Networks in JAX: train and evaluate.")
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--verbose", action="store_true",
+                      help="show the libraries' (absl, TFDS, Orbax) warning and info lines")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-  t = sub.add_parser("train", help="train (or resume) a CapsNet")
+  t = sub.add_parser("train", help="train (or resume) a CapsNet", parents=[common])
   t.add_argument("--config", default="quick", help="preset: quick (CPU) or paper (GPU)")
   t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
@@ -68,14 +72,17 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--no-progress", action="store_true", help="no progress bar")
   t.add_argument("--tensorboard", action="store_true",
                  help="also log to WORKDIR/tensorboard (needs the tensorboard extra)")
-  e = sub.add_parser("eval", help="evaluate the latest checkpoint on the full test split")
+  e = sub.add_parser("eval", help="evaluate the latest checkpoint on the full test split",
+                     parents=[common])
   e.add_argument("--workdir", required=True)
   e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
-  e.add_argument("--batch-size", type=int, default=500)
+  e.add_argument("--batch-size", type=int, default=None,
+                 help="default: the backend's measured best (see README)")
   e.add_argument("--test-examples", type=int, default=None,
                  help="evaluate on only the first N test examples (default: all)")
   e.add_argument("--no-progress", action="store_true", help="no progress bar")
-  p = sub.add_parser("predict", help="classify image files with a trained model")
+  p = sub.add_parser("predict", help="classify image files with a trained model",
+                     parents=[common])
   p.add_argument("--workdir", required=True)
   p.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, ... image files")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
@@ -150,7 +157,8 @@ def _eval(args) -> dict:
   config = meta["config"]
   split = data.load_split(config["dataset"], "test", args.data_dir, limit=args.test_examples)
   eval_step = steps.make_eval_step(graphdef, recon_weight=config["recon_weight"])
-  result = train_lib.evaluate(eval_step, state, split, args.batch_size,
+  result = train_lib.evaluate(eval_step, state, split,
+                              args.batch_size or steps.default_eval_batch_size(),
                               progress=not args.no_progress)
   return {"dataset": config["dataset"], **train_lib.test_record(int(meta["step"]), result)}
 
@@ -195,6 +203,10 @@ def main(argv=None) -> int:
 
   argv = sys.argv[1:] if argv is None else list(argv)
   args = _build_parser().parse_args(argv)
+  if not args.verbose:
+    # Library warnings through absl (TFDS's "OpenCV is not installed ..." on every run, Orbax's
+    # notes) say nothing a user can act on; errors still show.
+    logging.getLogger("absl").setLevel(logging.ERROR)
   tune_host_allocator()
   try:
     if args.command == "predict":

@@ -33,18 +33,18 @@ class TrainConfig:
   seed: int = 0
   log_every: int = 20  # steps between train-metric lines (and progress-bar refreshes)
   eval_every: int = 0  # steps between full test-set evaluations; 0 = only at the end
-  eval_batch_size: int = 500
+  eval_batch_size: int | None = None  # None: steps.default_eval_batch_size() of the backend
   checkpoint_every: int = 1000  # steps between checkpoints; one is always written at the end
   keep_checkpoints: int = 3
 
   def validate(self) -> "TrainConfig":
     """Raises ValueError naming the first bad setting; returns self."""
     positive = ("batch_size", "learning_rate", "decay_steps", "routing_iters", "log_every",
-                "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+                "checkpoint_every", "keep_checkpoints")
     for name in positive:
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-    for name in ("epochs", "max_steps"):
+    for name in ("epochs", "max_steps", "eval_batch_size"):
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}.")

@@ -16,6 +16,17 @@ from capsjax.augment import random_shift_batch
 from capsjax.model import CapsNet
 
 
+# Evaluation batch size per backend, from benchmarks/eval_batch_size.py (README "Evaluation
+# batch size"). Accelerators keep large batches (not measured here: no GPU was available).
+EVAL_BATCH_SIZE = {"cpu": None}
+DEFAULT_EVAL_BATCH_SIZE = 500
+
+
+def default_eval_batch_size(backend: str | None = None) -> int:
+  """The evaluation batch size for `backend` (default: JAX's default backend)."""
+  return EVAL_BATCH_SIZE.get(backend or jax.default_backend()) or DEFAULT_EVAL_BATCH_SIZE
+
+
 class StepMetrics(NamedTuple):
   """Batch sums (not means), so that eval can add them over batches of unequal size."""
 

@@ -237,11 +237,12 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
     writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
     reconstruct = steps.make_reconstruct_step(graphdef) if board else None
+    eval_batch_size = config.eval_batch_size or steps.default_eval_batch_size()
     base_key = jax.random.key(config.seed)
     schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
     def run_eval(step: int) -> dict[str, Any]:
-      result = evaluate(eval_step, state, test_split, config.eval_batch_size, progress)
+      result = evaluate(eval_step, state, test_split, eval_batch_size, progress)
       record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
       writer.write(record)
       if board is not None:

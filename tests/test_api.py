@@ -1,5 +1,6 @@
 """`capsjax.fit` / `capsjax.load(...).predict` from Python, and `capsjax predict` on image files."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ from PIL import Image
 
 import capsjax
 from capsjax import cli, data, images, steps, train
+from capsjax.config import TrainConfig
 from conftest import run_cli
 
 TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
@@ -156,3 +158,23 @@ def test_tensorboard_without_tensorboardx_is_one_line(tmp_path, data_dir, monkey
   assert capsys.readouterr().err.strip() == (
       'capsjax: error: --tensorboard needs tensorboardX: pip install "capsjax[tensorboard]" (or '
       'pip install tensorboardX).')
+
+
+def test_commands_are_quiet_unless_verbose(workdir, data_dir):
+  args = ["eval", "--workdir", str(workdir), "--data-dir", data_dir, "--test-examples", "16",
+          "--no-progress"]
+  quiet = run_cli(*args)
+  assert quiet.returncode == 0 and quiet.stderr == ""
+  verbose = run_cli(*args, "--verbose")
+  assert verbose.returncode == 0
+  if importlib.util.find_spec("cv2") is None:  # TFDS warns on every image decode without OpenCV
+    assert "WARNING:absl:OpenCV is not installed" in verbose.stderr
+  assert json.loads(quiet.stdout.splitlines()[-1]) == json.loads(verbose.stdout.splitlines()[-1])
+
+
+def test_eval_batch_size_per_backend():
+  assert steps.default_eval_batch_size("gpu") == steps.default_eval_batch_size("tpu") == 500
+  assert steps.default_eval_batch_size("cpu") == steps.EVAL_BATCH_SIZE["cpu"]
+  assert TrainConfig(max_steps=1).eval_batch_size is None  # resolved per backend at run time
+  with pytest.raises(ValueError, match="eval_batch_size must be positive, got 0"):
+    TrainConfig(max_steps=1, eval_batch_size=0).validate()
