@@ -66,14 +66,17 @@ def _losses(model: CapsNet, images, labels, recon_weight, mask_labels, valid=Non
 def _checking_labels(jitted: Callable, graphdef: Any) -> Callable:
   """`jitted(state, images, labels, ...)` preceded by `check_labels` on the host.
 
-  The class count comes from the model, merged once on the first call; `.jitted` is the compiled
-  function itself (for `lower`, `eval_shape`, ...).
+  The class count comes from the CapsNet in `graphdef` (alone or in a tuple such as (model,
+  optimizer)), merged once on the first call; `.jitted` is the compiled function itself (for
+  `lower`, `eval_shape`, ...).
   """
   num_classes = []
 
   def step(state, images, labels, *args):
     if not num_classes:
-      num_classes.append(nnx.merge(graphdef, state)[0].num_classes)
+      merged = nnx.merge(graphdef, state)
+      parts = merged if isinstance(merged, (tuple, list)) else (merged,)
+      num_classes.append(next(m.num_classes for m in parts if isinstance(m, CapsNet)))
     check_labels(labels, num_classes[0])
     return jitted(state, images, labels, *args)
 

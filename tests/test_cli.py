@@ -222,8 +222,11 @@ def test_keyboard_interrupt_outside_the_training_loop(tmp_path, data_dir, capsys
     raise KeyboardInterrupt
 
   monkeypatch.setattr("capsjax.data.load_split", interrupted)
-  code = cli.main(["train", "--data-dir", data_dir, "--workdir", str(tmp_path / "w"),
-                   "--max-steps", "1", "--no-progress"])
+  try:
+    code = cli.main(["train", "--data-dir", data_dir, "--workdir", str(tmp_path / "w"),
+                     "--max-steps", "1", "--no-progress"])
+  except KeyboardInterrupt:
+    pytest.fail("KeyboardInterrupt escaped cli.main")
   assert code == 130
   assert capsys.readouterr().err == "capsjax: interrupted\n"
 
