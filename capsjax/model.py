@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import checkify
 
 from capsjax import conv
 from capsjax.layers import Conv2D, Decoder, DigitCaps, PrimaryCaps
@@ -28,7 +29,22 @@ class CapsNetOutput(NamedTuple):
 
 
 def _is_concrete(x: Any) -> bool:
-  return not isinstance(x, jax.core.Tracer)
+  return not isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct))
+
+
+def check_labels(labels: Any, num_classes: int) -> None:
+  """Raises ValueError unless concrete `labels` lie in [0, num_classes).
+
+  Traced labels (inside `jax.jit`) have no values to check: `CapsNet` then adds a
+  `checkify.debug_check`, which reports them under `checkify.checkify` and costs nothing otherwise.
+  capsjax's jitted steps call this on the host before the compiled call (see `capsjax.steps`).
+  """
+  if not _is_concrete(labels):
+    return
+  arr = np.asarray(labels)
+  if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values from {arr.min()} "
+                     f"to {arr.max()}.")
 
 
 class CapsNet(nnx.Module):
@@ -83,10 +99,11 @@ class CapsNet(nnx.Module):
       raise ValueError(f"labels must have shape [{shape[0]}] (one integer class per image), got "
                        f"{tuple(jnp.shape(labels))}.")
     if _is_concrete(labels):
-      arr = np.asarray(labels)
-      if arr.size and (arr.min() < 0 or arr.max() >= self.num_classes):
-        raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got values from "
-                         f"{arr.min()} to {arr.max()}.")
+      check_labels(labels, self.num_classes)
+    else:
+      checkify.debug_check(jnp.all((labels >= 0) & (labels < self.num_classes)),
+                           f"labels must lie in [0, {self.num_classes - 1}], got values from "
+                           "{lo} to {hi}.", lo=jnp.min(labels), hi=jnp.max(labels))
 
   def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None) -> CapsNetOutput:
     self._check_inputs(images, labels)

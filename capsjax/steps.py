@@ -2,9 +2,13 @@
 
 The state pytree is donated to the train step, so parameters and Adam moments are updated in
 place; `nnx.split`/`nnx.merge` happen once outside the loop and inside the traced function only.
+
+Both steps check the labels on the host before the compiled call (`CapsNet` cannot raise on traced
+labels): the labels are already host numpy arrays in the training loop, so the check reads no
+device value and adds no synchronisation, only a min/max over B integers.
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +17,7 @@ from flax import nnx
 
 from capsjax import losses
 from capsjax.augment import random_shift_batch
-from capsjax.model import CapsNet
+from capsjax.model import CapsNet, check_labels
 
 
 # Evaluation batch size per backend, from benchmarks/eval_batch_size.py (README "Evaluation
@@ -35,7 +39,8 @@ class StepMetrics(NamedTuple):
   reconstruction_loss: jnp.ndarray
   correct: jnp.ndarray
   count: jnp.ndarray
-  finite: jnp.ndarray  # 1.0 if the loss (and, in training, every gradient) is finite, else 0.0
+  # Train step only (None from the eval step): 1.0 if the loss and every gradient are finite.
+  finite: jnp.ndarray | None = None
 
 
 def make_schedule(learning_rate: float, decay_rate: float, decay_steps: int) -> optax.Schedule:
@@ -66,8 +71,28 @@ def _losses(model: CapsNet, images, labels, recon_weight, mask_labels, valid=Non
   w = jnp.ones_like(margin) if valid is None else valid.astype(margin.dtype)
   correct = jnp.sum(w * (jnp.argmax(out.lengths, -1) == labels))
   return loss, StepMetrics(jnp.sum(w * (margin + recon_weight * recon)), jnp.sum(w * margin),
-                           jnp.sum(w * recon), correct, jnp.sum(w),
-                           jnp.isfinite(loss).astype(jnp.float32))
+                           jnp.sum(w * recon), correct, jnp.sum(w))
+
+
+def _checking_labels(jitted: Callable, graphdef: Any) -> Callable:
+  """`jitted(state, images, labels, ...)` preceded by `check_labels` on the host.
+
+  The class count comes from the CapsNet in `graphdef` (alone or in a tuple such as (model,
+  optimizer)), merged once on the first call; `.jitted` is the compiled function itself (for
+  `lower`, `eval_shape`, ...).
+  """
+  num_classes = []
+
+  def step(state, images, labels, *args):
+    if not num_classes:
+      merged = nnx.merge(graphdef, state)
+      parts = merged if isinstance(merged, (tuple, list)) else (merged,)
+      num_classes.append(next(m.num_classes for m in parts if isinstance(m, CapsNet)))
+    check_labels(labels, num_classes[0])
+    return jitted(state, images, labels, *args)
+
+  step.jitted = jitted
+  return step
 
 
 def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
@@ -75,6 +100,7 @@ def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
 
   `state` is `nnx.split((model, optimizer))[1]` and is donated. `metrics.finite` is 0 when the
   loss or any gradient is NaN/Inf (the update is applied regardless: the caller must stop).
+  Labels outside [0, num_classes) raise ValueError before the step runs.
   """
 
   def step(state, images, labels, key):
@@ -84,13 +110,14 @@ def make_train_step(graphdef: Any, *, max_shift: int, recon_weight: float):
     def loss_fn(m):
       return _losses(m, x, labels, recon_weight, mask_labels=True)
 
-    grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
-    grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    metrics = metrics._replace(finite=metrics.finite * grads_finite)
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                for x in (loss, *jax.tree.leaves(grads))]))
+    metrics = metrics._replace(finite=finite.astype(jnp.float32))
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  return _checking_labels(jax.jit(step, donate_argnums=0), graphdef)
 
 
 def make_eval_step(graphdef: Any, *, recon_weight: float):
@@ -98,7 +125,8 @@ def make_eval_step(graphdef: Any, *, recon_weight: float):
 
   `graphdef`/`state`: of the model alone (`load_for_eval`), or of the (model, optimizer) pair
   that training uses (the optimizer is not touched). The decoder is masked by the predicted
-  class (test-time behaviour); padded examples (valid = False) do not count.
+  class (test-time behaviour); padded examples (valid = False) do not count. Labels outside
+  [0, num_classes) raise ValueError.
   """
 
   def step(state, images, labels, valid):
@@ -108,7 +136,7 @@ def make_eval_step(graphdef: Any, *, recon_weight: float):
                          valid=valid)
     return metrics
 
-  return jax.jit(step)
+  return _checking_labels(jax.jit(step), graphdef)
 
 
 def make_reconstruct_step(graphdef: Any):

@@ -1,16 +1,34 @@
 """The `capsjax` command: a real end-to-end run on MNIST, resume, eval, and bad input."""
 
-import contextlib
+import dataclasses
 import json
+import math
 import os
+import subprocess
+import sys
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from capsjax import cli
-from conftest import run_cli as _run
+from capsjax import config as config_lib
+from capsjax import train as train_lib
+from conftest import TINY_MODEL_ARGS, run_cli as _run
 
 SMOKE = ["--batch-size", "8", "--train-examples", "512", "--test-examples", "64",
          "--no-progress"]
+
+
+def _records(workdir, split):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def _assert_finite(record):
+  values = [v for v in record.values() if isinstance(v, (int, float))]
+  assert values and all(math.isfinite(v) for v in values), record
 
 
 def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
@@ -19,14 +37,23 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
                "--max-steps", "3", "--checkpoint-every", "2", "--keep-checkpoints", "2", *SMOKE)
   assert first.returncode == 0, first.stderr
   result = json.loads(first.stdout.strip().splitlines()[-1])
-  assert result["step"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
-  assert result["test_examples"] == 64
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert {"train", "test"} <= {r["split"] for r in records}
-  train_rec = [r for r in records if r["split"] == "train"][-1]
-  for key in ("loss", "margin_loss", "reconstruction_loss", "train_accuracy", "images_per_sec"):
-    assert key in train_rec
-  assert (workdir / "config.json").exists()
+  assert result["step"] == 3 and result["test_examples"] == 64
+  # config.json holds the preset with the flags applied, and reads back as the same TrainConfig.
+  expected = dataclasses.replace(config_lib.get_preset("quick"), max_steps=3, batch_size=8,
+                                 checkpoint_every=2, keep_checkpoints=2)
+  stored = json.loads((workdir / "config.json").read_text())
+  assert config_lib.TrainConfig(**stored["config"]) == expected
+  assert stored["model"] == {"input_shape": [28, 28, 1], "num_classes": 10, "routing": "dynamic",
+                             "routing_iters": 3, "routing_options": {}}
+  train_3, = _records(workdir, "train")
+  test_3, = _records(workdir, "test")
+  assert train_3["step"] == test_3["step"] == 3 and test_3["test_examples"] == 64
+  for record in (train_3, test_3):
+    _assert_finite(record)
+  assert train_3["loss"] == pytest.approx(train_3["margin_loss"]
+                                          + 0.0005 * train_3["reconstruction_loss"], rel=1e-5)
+  assert train_3["learning_rate"] == pytest.approx(1e-3) and train_3["images_per_sec"] > 0
+  assert result == {**test_3, "train_seconds": result["train_seconds"]}
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "3"]
 
   # Same workdir, longer run: resumes from step 3 instead of starting over.
@@ -37,12 +64,20 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   assert "Resuming from checkpoint at step 3" in second.stdout
   assert json.loads(second.stdout.strip().splitlines()[-1])["step"] == 5
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "5"]
+  _, train_5 = _records(workdir, "train")
+  _, test_5 = _records(workdir, "test")
+  _assert_finite(train_5)
+  _assert_finite(test_5)
+  # Two more steps of training lower the loss on the same 64 test images, and the train loss.
+  assert test_5["test_loss"] < test_3["test_loss"] and train_5["loss"] < train_3["loss"]
 
-  ev = _run("eval", "--workdir", str(workdir), "--data-dir", data_dir, "--test-examples", "100")
+  # eval restores checkpoint 5 and reproduces the run's own final evaluation.
+  ev = _run("eval", "--workdir", str(workdir), "--data-dir", data_dir, "--test-examples", "64")
   assert ev.returncode == 0, ev.stderr
   last = json.loads(ev.stdout.strip().splitlines()[-1])
-  assert last["step"] == 5 and last["test_examples"] == 100
-  assert 0.0 <= last["test_accuracy"] <= 1.0
+  assert last["step"] == 5 and last["test_examples"] == 64 and last["dataset"] == "mnist"
+  for key in ("test_accuracy", "test_loss", "test_margin_loss", "test_reconstruction_loss"):
+    assert last[key] == pytest.approx(test_5[key], rel=1e-6), key
 
 
 BAD_TRAIN = {
@@ -75,6 +110,13 @@ BAD_TRAIN = {
                                       "routing rule 'uniform' does not take option(s) leaky"),
     "malformed routing option": (["--routing-option", "leaky"],
                                  "--routing-option expects KEY=VALUE"),
+    "routing option of the wrong type": (["--routing-option", "leaky='no'"],
+                                         "routing option leaky of rule 'dynamic' must be a bool "
+                                         "(default False), got 'no'."),
+    "float routing option given a bool": (["--routing", "em", "--routing-option",
+                                           "final_lambda=true"],
+                                          "routing option final_lambda of rule 'em' must be a "
+                                          "float (default 0.5), got True."),
     "vote chunks with em": (["--routing", "em", "--vote-chunk-size", "64"],
                             "vote_chunk_size works with routing 'dynamic' only and must be >= 1, "
                             "got 64 with routing 'em'"),
@@ -88,9 +130,13 @@ def test_bad_train_input_gives_one_line(case, tmp_path, capsys, data_dir):
   extra, message = BAD_TRAIN[case]
   argv = ["train", "--data-dir", data_dir, "--workdir", str(tmp_path / "w"), "--max-steps", "2"]
   argv += [a.format(tmp=tmp_path) for a in extra]
-  with pytest.raises(SystemExit) if case == "non-integer steps" else contextlib.nullcontext():
+  if case == "non-integer steps":  # argparse rejects it and exits itself
+    with pytest.raises(SystemExit) as exited:
+      cli.main(argv)
+    code = exited.value.code
+  else:
     code = cli.main(argv)
-    assert code == 2
+  assert code == 2
   err = capsys.readouterr().err
   assert message in err, err
   assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -118,3 +164,83 @@ def test_missing_data_dir_in_subprocess_has_no_traceback(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       "capsjax: error: no data dir given: pass --data-dir DIR or set TFDS_DATA_DIR to a TFDS "
       "data_dir that holds mnist/3.0.1 (array_record)."]
+
+
+# 24 training images in batches of 8: one epoch is 3 steps.
+EPOCH_RUN = ["train", "--epochs", "1", "--batch-size", "8", "--train-examples", "24",
+             "--test-examples", "16", "--eval-every", "2", "--routing-option", "leaky=True",
+             "--routing-option", "stop_gradient=false", *TINY_MODEL_ARGS]
+
+
+def test_epochs_eval_every_routing_options_and_progress_bar(tmp_path, data_dir, capsys):
+  # No --no-progress: the progress bars are the CLI's default.
+  code = cli.main([*EPOCH_RUN, "--data-dir", data_dir, "--workdir", str(tmp_path / "w")])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  assert json.loads(out.strip().splitlines()[-1])["step"] == 3  # --epochs 1 = 24 // 8 steps
+  assert "train mnist: 100%" in err and "3/3" in err and "eval: " in err  # tqdm bars (stderr)
+  assert "step 2: test accuracy" in out  # --eval-every 2, printed above the bar
+  assert [r["step"] for r in _records(tmp_path / "w", "test")] == [2, 3]
+  stored = json.loads((tmp_path / "w" / "config.json").read_text())
+  assert stored["config"]["epochs"] == 1 and stored["config"]["max_steps"] is None
+  assert stored["config"]["eval_every"] == 2
+  # VALUE is JSON (false) or a Python literal (True); both reach the model as bools.
+  options = {"leaky": True, "stop_gradient": False}
+  assert stored["model"]["routing_options"] == options
+  graphdef, state, meta = train_lib.load_for_eval(tmp_path / "w")
+  assert meta["model"]["routing_options"] == options
+  model, _ = nnx.merge(graphdef, state)
+  assert model.digits.options == options and model.digits.vote_chunk_size is None
+
+
+def test_vote_chunk_size_run_matches_the_plain_run(tmp_path, data_dir, capsys):
+  runs = {}
+  for name, extra in (("plain", []), ("chunked", ["--vote-chunk-size", "100"])):
+    workdir = tmp_path / name
+    code = cli.main([*EPOCH_RUN, "--data-dir", data_dir, "--workdir", str(workdir),
+                     "--no-progress", *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "train mnist" not in err and "eval: " not in err  # --no-progress: no bars
+    graphdef, state, _ = train_lib.load_for_eval(workdir)
+    runs[name] = (_records(workdir, "test"), nnx.merge(graphdef, state)[0], state)
+  (plain_tests, plain_model, plain_state), (chunked_tests, chunked_model, chunked_state) = (
+      runs["plain"], runs["chunked"])
+  assert plain_model.digits.vote_chunk_size is None
+  assert chunked_model.digits.vote_chunk_size == 100  # 144 capsules: 2 chunks, one padded
+  for a, b in zip(plain_tests, chunked_tests):
+    assert a["step"] == b["step"] and a["test_accuracy"] == b["test_accuracy"]
+    assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
+  # After 3 Adam steps (each moves a weight by up to ~1e-3) the parameters still agree.
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-6),
+               chunked_state.to_pure_dict()[0], plain_state.to_pure_dict()[0])
+
+
+def test_keyboard_interrupt_outside_the_training_loop(tmp_path, data_dir, capsys, monkeypatch):
+  # Ctrl-C before the signal handlers are installed (here: while reading the data).
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr("capsjax.data.load_split", interrupted)
+  try:
+    code = cli.main(["train", "--data-dir", data_dir, "--workdir", str(tmp_path / "w"),
+                     "--max-steps", "1", "--no-progress"])
+  except KeyboardInterrupt:
+    pytest.fail("KeyboardInterrupt escaped cli.main")
+  assert code == 130
+  assert capsys.readouterr().err == "capsjax: interrupted\n"
+
+
+def _console_script() -> str:
+  script = os.path.join(os.path.dirname(sys.executable), "capsjax")
+  assert os.access(script, os.X_OK), f"no capsjax console script beside {sys.executable}"
+  return script
+
+
+@pytest.mark.parametrize("program", ["python -m capsjax", "capsjax"])
+def test_entry_points(program, tmp_path, data_dir):
+  command = [sys.executable, "-m", "capsjax"] if program != "capsjax" else [_console_script()]
+  bad = subprocess.run([*command, "train", "--data-dir", data_dir, "--workdir",
+                        str(tmp_path / "w"), "--max-steps", "0"], capture_output=True, text=True)
+  assert bad.returncode == 2  # main()'s status reaches the shell
+  assert bad.stderr == "capsjax: error: max_steps must be positive, got 0.\n"

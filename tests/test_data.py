@@ -56,6 +56,10 @@ def test_batches_are_deterministic_and_cover_each_epoch(mnist_train):
   assert sorted(epoch0.tolist()) == list(range(n))
   epoch1 = data.batch_indices(n, bs, 7, 60)
   assert not np.array_equal(epoch1, epoch0[:bs])  # reshuffled every epoch
+  data._epoch_permutation.cache_clear()  # recomputed from (seed, epoch), not served from cache
+  np.testing.assert_array_equal(data.batch_indices(n, bs, 7, 0), epoch0[:bs])
+  np.testing.assert_array_equal(data.batch_indices(n, bs, 7, 60), epoch1)
+  assert not np.array_equal(data.batch_indices(n, bs, 8, 0), epoch0[:bs])  # another seed
   stream = data.train_batches(mnist_train, bs, seed=7, start_step=59)
   images, labels = next(stream)
   np.testing.assert_array_equal(labels, mnist_train.labels[data.batch_indices(n, bs, 7, 59)])

@@ -2,10 +2,12 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from capsjax import routing
 from conftest import REPO
@@ -27,8 +29,18 @@ def test_custom_rule_defined_outside_the_package_trains_via_the_cli(tmp_path, da
        "--workdir", str(workdir), *TINY], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert result["step"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
-  assert json.loads((workdir / "config.json").read_text())["model"]["routing"] == "tempered"
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_record, test_record = records
+  assert train_record["split"] == "train" and train_record["step"] == 3
+  assert all(math.isfinite(v) for v in train_record.values() if isinstance(v, float))
+  # The printed result is the final evaluation of 32 images: k/32 correct, finite losses.
+  assert result == {**test_record, "train_seconds": result["train_seconds"]}
+  assert result["step"] == 3 and result["test_examples"] == 32
+  assert (result["test_accuracy"] * 32).is_integer()
+  assert math.isfinite(result["test_loss"]) and result["test_loss"] > 0
+  stored = json.loads((workdir / "config.json").read_text())
+  assert stored["model"]["routing"] == "tempered" and stored["model"]["routing_options"] == {}
+  assert stored["config"]["routing"] == "tempered" and stored["config"]["max_steps"] == 3
   assert "tempered" not in routing.available()  # registered only in the script's process
 
 
@@ -53,8 +65,10 @@ def test_routing_cost_writes_csv_json_and_plots(tmp_path, capsys):
   assert fwd[("dynamic", "32")] > fwd[("dynamic", "16")]  # cost grows with N_in
   saved = json.loads((out / "routing_cost.json").read_text())
   assert len(saved["rows"]) == len(rows) and saved["memory"]["reduction/forward"] > 1
-  assert (out / "routing_cost_vs_iters.png").stat().st_size > 0
-  assert (out / "routing_cost_vs_n_in.png").stat().st_size > 0
+  for name in ("routing_cost_vs_iters.png", "routing_cost_vs_n_in.png"):
+    with Image.open(out / name) as image:
+      assert image.format == "PNG" and image.size == (1320, 495)  # 12 x 4.5 in at 110 dpi
+      assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["batch"] == 2
 
 

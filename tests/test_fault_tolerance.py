@@ -6,6 +6,7 @@ mid-epoch. Each faulty run is resumed and its final checkpoint compared array by
 bit, with one uninterrupted run of the same seed.
 """
 
+import json
 import os
 import shlex
 import signal
@@ -55,8 +56,14 @@ def reference(tmp_path_factory, cli_env):
   return {"final": _arrays(workdir), "step4": _arrays(workdir, 4)}
 
 
-def _resume(workdir: Path, cli_env, expect_from: int, args=None) -> subprocess.CompletedProcess:
-  proc = run_cli(*(args or _train_args(workdir)), env=cli_env)
+def _resume(workdir: Path, cli_env, expect_from: int, args=None, command=None
+            ) -> subprocess.CompletedProcess:
+  """Runs `capsjax ARGS` (default: the 6-step run) to completion, or `command` exactly."""
+  if command is None:
+    proc = run_cli(*(args or _train_args(workdir)), env=cli_env)
+  else:
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **cli_env})
   assert proc.returncode == 0, proc.stderr
   assert f"Resuming from checkpoint at step {expect_from}" in proc.stdout
   return proc
@@ -69,6 +76,16 @@ def test_resume_after_stop_is_bit_exact(stop_at, tmp_path, cli_env, reference):
   assert first.returncode == 0, first.stderr
   _resume(workdir, cli_env, expect_from=stop_at)
   _assert_bit_identical(_arrays(workdir), reference["final"])
+
+
+def test_resume_keeps_the_runs_seed(tmp_path, cli_env, reference):
+  workdir = tmp_path / "run"
+  first = run_cli(*_train_args(workdir, 3), env=cli_env)
+  assert first.returncode == 0, first.stderr
+  resumed = _resume(workdir, cli_env, expect_from=3, args=[*_train_args(workdir), "--seed", "5"])
+  assert "Keeping the run's seed 0 (ignoring seed 5)." in resumed.stdout
+  assert json.loads((workdir / "config.json").read_text())["config"]["seed"] == 0
+  _assert_bit_identical(_arrays(workdir), reference["final"])  # seed 0's data order and keys
 
 
 def _start(workdir: Path, cli_env, **faults) -> subprocess.Popen:
@@ -101,10 +118,17 @@ def test_signal_saves_prints_resume_command_and_resume_is_bit_exact(
                          f"checkpoint {step} saved in {workdir.absolute() / 'checkpoints'}")
   assert "Traceback" not in err
   assert Checkpointer(workdir).latest_step() == step
-  # The printed command resumes the run and ends where the uninterrupted run ended.
+  # No evaluation after the signal, not even when it arrived in the last step.
+  metrics = workdir / "metrics.jsonl"
+  splits = [json.loads(l)["split"] for l in metrics.read_text().splitlines()
+            ] if metrics.exists() else []
+  assert splits == ["train"] * (step == STEPS) and not out.strip()
+  # The printed command, run as printed through the `capsjax` console script, resumes the run
+  # and ends where the uninterrupted run ended.
   command = shlex.split(last.split("Resume with: ")[1])
   assert command[0] == "capsjax" and command[1:] == _train_args(workdir)
-  _resume(workdir, cli_env, expect_from=step, args=command[1:])
+  script = Path(sys.executable).with_name("capsjax")
+  _resume(workdir, cli_env, expect_from=step, command=[str(script), *command[1:]])
   _assert_bit_identical(_arrays(workdir), reference["final"])
 
 

@@ -1,8 +1,11 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from capsjax import losses
+from conftest import tiny_capsnet
 
 
 def test_margin_loss_hand_computed():
@@ -31,6 +34,24 @@ def test_total_loss_weight():
   assert losses.RECONSTRUCTION_WEIGHT == 0.0005
 
 
-def test_margin_loss_gradient_finite_at_zero_length():
-  g = jax.grad(lambda l: losses.margin_loss(l, jnp.eye(3)).sum())(jnp.zeros((3, 3)))
-  assert bool(jnp.all(jnp.isfinite(g)))
+def test_gradient_through_the_model_finite_when_every_capsule_is_zero():
+  # Black images and zero biases make every primary capsule, vote and DigitCaps capsule the zero
+  # vector: squash(0) and the class scores safe_length(0) must still have finite gradients.
+  model = tiny_capsnet()
+  images, labels = jnp.zeros((2, 28, 28, 1)), jnp.array([1, 7])
+
+  def loss(m):
+    out = m(images, labels)
+    margin = losses.margin_loss(out.lengths, jax.nn.one_hot(labels, 10))
+    return jnp.mean(losses.total_loss(margin, losses.reconstruction_loss(out.reconstructions,
+                                                                          images)))
+
+  @nnx.jit
+  def zeros_and_gradients(m):
+    primary = m.primary(jax.nn.relu(m.conv1(images)))
+    return primary, m(images, labels).v, nnx.grad(loss)(m)
+
+  primary, v, grads = zeros_and_gradients(model)
+  np.testing.assert_array_equal(primary, 0.0)
+  np.testing.assert_array_equal(v, 0.0)
+  chex.assert_tree_all_finite(nnx.state(grads))

@@ -20,17 +20,39 @@ def test_paper_parameter_counts():
   assert model.num_primary == 1152
 
 
+def conv_reference(x, w, b, stride):
+  """VALID NHWC x HWIO convolution with explicit loops over output positions (float64)."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  batch, h, width, _ = x.shape
+  k, _, _, c_out = w.shape
+  oh, ow = (h - k) // stride + 1, (width - k) // stride + 1
+  y = np.zeros((batch, oh, ow, c_out))
+  for i in range(oh):
+    for j in range(ow):
+      patch = x[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+      y[:, i, j] = np.einsum("bhwc,hwco->bo", patch, w)
+  return y + np.asarray(b)
+
+
+@pytest.mark.parametrize("impl", ["gemm", "native"])
 @pytest.mark.parametrize("shape,kernel,stride", [((2, 28, 28, 1), 9, 1), ((2, 20, 20, 6), 9, 2),
                                                  ((1, 11, 9, 3), 3, 2)])
-def test_conv_matches_lax(shape, kernel, stride):
+def test_conv_matches_loop_reference(impl, shape, kernel, stride):
   k1, k2 = jax.random.split(jax.random.key(0))
   x = jax.random.normal(k1, shape)
   w = jax.random.normal(k2, (kernel, kernel, shape[-1], 5)) / (kernel * shape[-1] ** 0.5)
   b = jnp.arange(5.0)
-  ref = jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-  np.testing.assert_allclose(conv.conv2d(x, w, b, stride, "gemm"), ref, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(conv.conv2d(x, w, b, stride, "native"), ref, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(conv.conv2d(x, w, b, stride, impl), conv_reference(x, w, b, stride),
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,kernel,stride", [((2, 28, 28, 1), 9, 1), ((2, 20, 20, 6), 9, 2),
+                                                 ((1, 11, 9, 3), 3, 2)])
+def test_conv_gradients_match_lax(shape, kernel, stride):
+  k1, k2 = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(k1, shape)
+  w = jax.random.normal(k2, (kernel, kernel, shape[-1], 5)) / (kernel * shape[-1] ** 0.5)
+  b = jnp.arange(5.0)
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
   g_ours = jax.grad(loss(lambda x, w: conv.conv2d(x, w, b, stride, "gemm")), argnums=(0, 1))(x, w)
   g_ref = jax.grad(loss(lambda x, w: jax.lax.conv_general_dilated(
@@ -38,6 +60,18 @@ def test_conv_matches_lax(shape, kernel, stride):
                    (0, 1))(x, w)
   for a, r in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend, primitive", [("cpu", "dot_general"),
+                                                ("gpu", "conv_general_dilated")])
+def test_conv_auto_picks_gemm_on_cpu_and_native_elsewhere(backend, primitive, monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  x, w, b = jnp.ones((1, 11, 11, 2)), jnp.ones((3, 3, 2, 4)), jnp.zeros(4)
+  jaxpr = str(jax.make_jaxpr(lambda x: conv.conv2d(x, w, b, 2, "auto"))(x))
+  other = {"dot_general", "conv_general_dilated"} - {primitive}
+  assert primitive in jaxpr and not any(p in jaxpr for p in other), jaxpr
+  np.testing.assert_allclose(conv.conv2d(x, w, b, 2, "auto"), conv_reference(x, w, b, 2),
+                             rtol=1e-5)
 
 
 def test_conv_rejects_unknown_impl():
@@ -125,12 +159,28 @@ def test_capsnet_with_each_rule_has_finite_scores_and_gradients(rule):
         float(jnp.abs(g[...]).max()) > 0 for g in grads.digits.routing_params.values())
 
 
-def test_vote_chunk_size_gives_the_same_network_output():
+def test_vote_chunk_size_gives_the_same_network_output_and_gradients():
+  # 144 primary capsules in chunks of 7: 21 chunks, the last one padded.
   plain, chunked = tiny_capsnet(seed=4), tiny_capsnet(seed=4, vote_chunk_size=7)
+  for m in (plain, chunked):  # votes large enough for the agreement (and its gradient) to
+    m.digits.W[...] = 30.0 * m.digits.W[...]  # matter: lengths ~0.02-0.15, not ~3e-4 as at init
   images = jax.random.uniform(jax.random.key(3), (2, 28, 28, 1))
-  a, b = plain(images), chunked(images)
+  labels = jnp.array([2, 5])
+  forward = nnx.jit(lambda m: m(images, labels))
+  a, b = forward(plain), forward(chunked)
   np.testing.assert_allclose(b.lengths, a.lengths, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(b.reconstructions, a.reconstructions, rtol=1e-5, atol=1e-6)
+
+  def loss(m):
+    out = m(images, labels)
+    margin = capsjax.losses.margin_loss(out.lengths, jax.nn.one_hot(labels, 10))
+    return jnp.sum(margin + 0.0005 * capsjax.losses.reconstruction_loss(out.reconstructions,
+                                                                        images))
+
+  grad = nnx.jit(nnx.grad(loss))
+  g_plain, g_chunked = nnx.state(grad(plain)), nnx.state(grad(chunked))
+  assert float(jnp.abs(g_plain["digits"]["W"][...]).max()) > 0
+  chex.assert_trees_all_close(g_chunked, g_plain, rtol=1e-4, atol=1e-7)
 
 
 def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
@@ -156,3 +206,32 @@ def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
   ckpt.close()
   np.testing.assert_array_equal(np.array(restored[0]["digits"]["routing_params"]["beta_a"][...]),
                                 after)
+
+
+def test_paper_preset_builds_end_to_end():
+  # Built and traced at its real sizes (batch 128, eval batch 500), not trained.
+  from capsjax import config as config_lib
+  from capsjax import data, steps, train
+
+  config = config_lib.get_preset("paper").validate()
+  assert config.total_steps(60_000) == 100 * 468 and config.eval_every == 5 * 468
+  split = data.Split(np.zeros((1, 28, 28, 1), np.uint8), np.zeros(1, np.int32), 10)
+  graphdef, state = train.create_state(train.model_settings(config, split), config)
+  model, optimizer = nnx.merge(graphdef, state)
+  assert capsjax.count_params(model) == 8_215_568 and model.digits.num_iters == 3
+  schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
+  np.testing.assert_allclose([schedule(0), schedule(2000)], [1e-3, 0.96e-3], rtol=1e-6)
+  train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
+                                     recon_weight=config.recon_weight)
+  images = jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.uint8)
+  labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)
+  new_state, metrics = jax.eval_shape(train_step.jitted, state, images, labels, jax.random.key(0))
+  chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+  assert metrics.loss.shape == () and metrics.finite.shape == ()
+  eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
+  size = config.eval_batch_size
+  metrics = jax.eval_shape(eval_step.jitted, state, jax.ShapeDtypeStruct((size, 28, 28, 1),
+                                                                         jnp.uint8),
+                           jax.ShapeDtypeStruct((size,), jnp.int32),
+                           jax.ShapeDtypeStruct((size,), jnp.bool_))
+  assert metrics.count.shape == () and metrics.finite is None

@@ -69,13 +69,14 @@ class DynamicRoutingTest(chex.TestCase):
     c = dynamic_routing(votes(2), 1).c
     np.testing.assert_allclose(c, 1.0 / 5, rtol=1e-6)
 
-  def test_vmap_equals_per_example(self):
+  @parameterized.parameters(False, True)
+  def test_vmap_matches_reference_per_example(self, leaky):
     batch = votes(3, (6, 12, 5, 4))
-    batched = jax.vmap(lambda u: dynamic_routing(u, 3))(batch)
+    batched = jax.jit(jax.vmap(lambda u: dynamic_routing(u, 3, leaky=leaky)))(batch)
     for k in range(6):
-      single = dynamic_routing(batch[k], 3)
-      np.testing.assert_allclose(batched.v[k], single.v, rtol=1e-5, atol=1e-7)
-      np.testing.assert_allclose(batched.c[k], single.c, rtol=1e-5, atol=1e-7)
+      v_ref, c_ref = reference_routing(batch[k], 3, leaky)
+      np.testing.assert_allclose(batched.v[k], v_ref, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(batched.c[k], c_ref, rtol=1e-5, atol=1e-6)
 
   def test_stop_gradient_same_value_other_gradient(self):
     u_hat = votes(4)

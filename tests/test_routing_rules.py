@@ -1,6 +1,7 @@
 """Every registered routing rule: registry, shapes, jit == eager, vmap, gradients, references."""
 
 import math
+import re
 
 import chex
 import jax
@@ -11,6 +12,7 @@ from absl.testing import parameterized
 
 from capsjax import routing
 from capsjax.routing import registry
+from test_routing import reference_routing
 
 RULES = ("dynamic", "em", "inverted_dot_product", "self_attention", "uniform")
 N_IN, N_OUT, DIM = 12, 5, 4
@@ -64,6 +66,39 @@ def test_options_a_rule_does_not_take(name):
     routing.check_options(name, {"bogus": 1})
 
 
+@pytest.mark.parametrize("name, options, expected", [
+    ("dynamic", {"leaky": "no"}, "leaky of rule 'dynamic' must be a bool (default False), got 'no'"),
+    ("dynamic", {"stop_gradient": 1}, "stop_gradient of rule 'dynamic' must be a bool (default "
+     "False), got 1"),
+    ("em", {"final_lambda": True}, "final_lambda of rule 'em' must be a float (default 0.5), got "
+     "True"),
+    ("em", {"var_floor": "1e-8"}, "var_floor of rule 'em' must be a float (default 1e-08), got "
+     "'1e-8'"),
+    ("em", {"scale_free_cost": None}, "scale_free_cost of rule 'em' must be a bool (default True), "
+     "got None"),
+])
+def test_option_values_must_have_their_defaults_type(name, options, expected):
+  with pytest.raises(ValueError, match=f"^routing option {re.escape(expected)}\\.$"):
+    routing.check_options(name, options)
+
+
+def test_option_values_of_the_right_type_pass(monkeypatch):
+  routing.check_options("dynamic", {"leaky": True, "stop_gradient": np.bool_(False)})
+  routing.check_options("em", {"final_lambda": 1, "var_floor": np.float32(1e-6)})  # int for float
+  monkeypatch.setattr(registry, "_RULES", dict(registry._RULES))
+
+  @routing.register("typed")
+  def typed(u_hat, *, num_iters, steps=2, mode="a", table=None):
+    return routing.uniform_routing(u_hat, num_iters=num_iters)
+
+  routing.check_options("typed", {"steps": 3, "mode": "b", "table": [1, 2]})  # None: any value
+  for bad, message in (({"steps": 2.0}, "must be an int (default 2), got 2.0"),
+                       ({"steps": False}, "must be an int (default 2), got False"),
+                       ({"mode": 1}, "must be of type str (default 'a'), got 1")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      routing.check_options("typed", bad)
+
+
 @pytest.mark.parametrize("name", RULES)
 @pytest.mark.parametrize("shape", [(4, 3), (2, 4, 3, 2)])
 def test_wrong_rank_raises(name, shape):
@@ -80,7 +115,7 @@ def test_num_iters_below_one_raises(name, iters):
 
 class RuleTest(chex.TestCase):
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)
   @parameterized.product(name=RULES, num_iters=(1, 3))
   def test_shapes_and_jit_equals_eager(self, name, num_iters):
     kwargs = rule_kwargs(name)
@@ -98,18 +133,20 @@ class RuleTest(chex.TestCase):
     chex.assert_trees_all_close(result, eager, rtol=1e-5, atol=1e-6)
 
   @parameterized.parameters(*RULES)
-  def test_vmap_equals_per_example(self, name):
+  def test_vmap_matches_reference_per_example(self, name):
     batch = votes(3, (4, N_IN, N_OUT, DIM))
     kwargs = rule_kwargs(name)
     act = kwargs.pop("activations", None)
+    acts = None if act is None else jnp.stack([act * (k + 1) / 4 for k in range(4)])
     fn = lambda u, a: routing.get(name)(u, num_iters=3, **kwargs,
                                         **({} if a is None else {"activations": a}))
-    acts = None if act is None else jnp.stack([act * (k + 1) / 4 for k in range(4)])
-    batched = jax.vmap(fn)(batch, acts)
+    batched = jax.jit(jax.vmap(fn))(batch, acts)
     for k in range(4):
-      single = fn(batch[k], None if acts is None else acts[k])
-      chex.assert_trees_all_close(jax.tree.map(lambda x: x[k], batched), single, rtol=1e-5,
-                                  atol=1e-6)
+      v, c, a = reference(name, batch[k], 3, kwargs, None if acts is None else acts[k])
+      np.testing.assert_allclose(batched.v[k], v, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(batched.c[k], c, rtol=1e-4, atol=1e-6)
+      if a is not None:
+        np.testing.assert_allclose(batched.a[k], a, rtol=1e-4, atol=1e-6)
 
   @parameterized.parameters(*RULES)
   def test_finite_gradients(self, name):
@@ -210,6 +247,21 @@ def ref_em(u_hat, num_iters, act, beta_u, beta_a, final_lambda=0.5, var_floor=1e
       R[i] = e / e.sum()
 
 
+def reference(name, u_hat, num_iters, params, activations=None):
+  """(v, c, a or None) of rule `name` from the float64 references in this file."""
+  if name == "dynamic":
+    return (*reference_routing(u_hat, num_iters), None)
+  if name == "uniform":
+    return ref_uniform(u_hat), np.full(u_hat.shape[:2], 1.0 / u_hat.shape[1]), None
+  if name == "self_attention":
+    return (*ref_self_attention(u_hat, params["log_prior"]), None)
+  if name == "inverted_dot_product":
+    return ref_inverted(u_hat, num_iters, params["score_weight"], params["score_bias"])
+  if name == "em":
+    return ref_em(u_hat, num_iters, activations, params["beta_u"], params["beta_a"])
+  raise ValueError(name)
+
+
 @pytest.mark.parametrize("num_iters", [1, 3])
 def test_uniform_matches_reference(num_iters):
   res = routing.uniform_routing(votes(11), num_iters=num_iters)
@@ -270,7 +322,8 @@ def _plain(u, W, num_iters, **kw):
   return routing.dynamic_routing(jnp.einsum("ijdk,ik->ijd", W, u), num_iters, **kw)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 5, 12, 64])
+# N_IN = 12: one capsule per chunk, 3 even chunks, 3 chunks with the last one padded, one chunk.
+@pytest.mark.parametrize("chunk_size", [1, 4, 5, 12])
 @pytest.mark.parametrize("options", [{}, {"leaky": True}, {"stop_gradient": True}])
 def test_chunked_dynamic_equals_plain(chunk_size, options):
   u = jax.random.normal(jax.random.key(0), (N_IN, 3))
@@ -283,6 +336,13 @@ def test_chunked_dynamic_equals_plain(chunk_size, options):
   g_chunk = jax.grad(loss(lambda u, W: routing.dynamic_routing_chunked(
       u, W, 3, chunk_size=chunk_size, **options)), argnums=(0, 1))(u, W)
   chex.assert_trees_all_close(g_chunk, g_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_chunk_larger_than_n_in_is_one_chunk():
+  u, W = jnp.zeros((N_IN, 3)), jnp.zeros((N_IN, N_OUT, DIM, 3))
+  program = lambda size: str(jax.make_jaxpr(lambda u, W: routing.dynamic_routing_chunked(
+      u, W, 3, chunk_size=size))(u, W))
+  assert program(64) == program(N_IN)  # no padding to 64: the same computation as chunks of 12
 
 
 def test_chunked_dynamic_uses_less_memory():

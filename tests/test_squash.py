@@ -29,11 +29,14 @@ class SquashTest(chex.TestCase):
   def test_unit_vector_gives_half(self):
     np.testing.assert_allclose(jnp.linalg.norm(squash(jnp.array([0.6, 0.8]))), 0.5, rtol=1e-5)
 
-  @parameterized.parameters(0, 1)
+  @parameterized.parameters(0, 1, 2, -1)
   def test_axis(self, axis):
-    s = jax.random.normal(jax.random.key(2), (4, 4))
-    np.testing.assert_allclose(squash(s, axis=axis), jnp.moveaxis(
-        squash(jnp.moveaxis(s, axis, -1)), -1, axis), rtol=1e-6)
+    s = jax.random.normal(jax.random.key(2), (3, 4, 5))  # every axis a different size
+    x = np.asarray(s, np.float64)
+    n = np.linalg.norm(x, axis=axis, keepdims=True)
+    np.testing.assert_allclose(squash(s, axis=axis), n**2 / (1 + n**2) * x / n, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(safe_length(s, axis=axis), np.squeeze(n, axis), rtol=1e-5)
 
   def test_zero_vector_finite_value_and_gradient(self):
     z = jnp.zeros((8,))

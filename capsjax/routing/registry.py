@@ -8,9 +8,11 @@
 """
 
 import inspect
+import numbers
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import numpy as np
 
 from capsjax.routing.base import ParamInit, RoutingRule
 
@@ -79,7 +81,9 @@ def get(name: str) -> RoutingRule:
 
 
 def check_options(name: str, options: Mapping[str, Any]) -> None:
-  """Raises ValueError if rule `name` does not take one of `options` as a keyword.
+  """Raises ValueError if rule `name` does not take one of `options` as a keyword, or if a value
+  is not of its default's type (a bool for a bool default; an int, not a bool, for an int; an int
+  or float for a float; options without a default or with default None are not type-checked).
 
   Learnable parameters and `activations` are supplied by the layer, so they are not options.
   """
@@ -94,6 +98,40 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
   if unknown:
     raise ValueError(f"routing rule {name!r} does not take option(s) {', '.join(unknown)}; it "
                      f"takes: {', '.join(accepted) or 'no options'}.")
+  for key, value in options.items():
+    default = params[key].default
+    expected = _type_name(default)
+    if expected and not _same_kind(value, default):
+      raise ValueError(f"routing option {key} of rule {name!r} must be {expected} (default "
+                       f"{default!r}), got {value!r}.")
+
+
+def _is_bool(x: Any) -> bool:
+  return isinstance(x, (bool, np.bool_))
+
+
+def _type_name(default: Any) -> str | None:
+  """How an option's expected type reads in an error ("a bool"); None: not checked."""
+  if default is inspect.Parameter.empty or default is None:
+    return None
+  if _is_bool(default):
+    return "a bool"
+  if isinstance(default, numbers.Integral):
+    return "an int"
+  if isinstance(default, numbers.Real):
+    return "a float"
+  return f"of type {type(default).__name__}"
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+  """`value` may stand where `default` does: bools only for bools; ints for ints and floats."""
+  if _is_bool(default) or _is_bool(value):
+    return _is_bool(default) and _is_bool(value)
+  if isinstance(default, numbers.Integral):
+    return isinstance(value, numbers.Integral)
+  if isinstance(default, numbers.Real):
+    return isinstance(value, numbers.Real)
+  return isinstance(value, type(default))
 
 
 def _param_names(rule: RuleInfo) -> list[str]:
