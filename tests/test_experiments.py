@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -28,8 +29,18 @@ def test_custom_rule_defined_outside_the_package_trains_via_the_cli(tmp_path, da
   assert proc.returncode == 0, proc.stderr
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["step"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
-  assert json.loads((workdir / "config.json").read_text())["model"]["routing"] == "tempered"
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["routing"] == "tempered"
+  assert saved["config"]["plugins"] == ["custom_routing"]  # what eval and resume will import
   assert "tempered" not in routing.available()  # registered only in the script's process
+  listed = subprocess.run(
+      [sys.executable, "-m", "capsjax.cli", "rules", "--json", "--plugin", "custom_routing"],
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, "PYTHONPATH": str(REPO / "experiments")})
+  assert listed.returncode == 0, listed.stderr
+  tempered = json.loads(listed.stdout)["rules"]["tempered"]
+  assert tempered["options"] == {"temperature": 0.5} and tempered["source"] == (
+      "module custom_routing")
 
 
 def test_routing_cost_writes_csv_json_and_plots(tmp_path, capsys):
