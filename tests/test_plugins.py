@@ -1,6 +1,7 @@
 """Routing rules from outside capsjax: installed entry points and plugin modules, through train,
 eval and resume in separate processes; bad plugins; `capsjax rules`."""
 
+import importlib.metadata
 import json
 import runpy
 import sys
@@ -252,6 +253,20 @@ def test_bad_plugin_gives_one_line(case, site, tmp_path, capsys):
   assert cli.main(["train", "--workdir", str(tmp_path / "w"), "--max-steps", "2", *flags]) == 2
   assert message in one_error_line(capsys.readouterr().err)
   assert not (tmp_path / "w").exists()
+
+
+def test_eval_plugin_flag_names_a_missing_module(site, tmp_path, capsys, data_dir):
+  (tmp_path / "w").mkdir()
+  argv = ["eval", "--workdir", str(tmp_path / "w"), "--data-dir", data_dir]
+  assert cli.main([*argv, "--plugin", "plug_missing"]) == 2
+  assert one_error_line(capsys.readouterr().err) == (
+      "capsjax: error: routing plugin module 'plug_missing' not found (no module named "
+      "'plug_missing'): install it or put its folder on PYTHONPATH.")
+
+
+def test_entry_point_without_distribution_metadata_is_named_by_its_value():
+  entry_point = importlib.metadata.EntryPoint("x", "plug_x.rules", routing.ENTRY_POINT_GROUP)
+  assert registry._entry_point_source(entry_point) == "entry point 'x' of plug_x.rules"
 
 
 def test_same_definition_run_as_a_script_then_imported_is_no_duplicate(site):

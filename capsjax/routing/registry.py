@@ -234,9 +234,7 @@ def _load_entry_points() -> None:
     return
   _entry_points_loaded = True  # first, so a plugin that looks rules up does not load again
   for entry_point in _entry_points():
-    dist = entry_point.dist
-    source = (f"entry point {entry_point.name!r} of "
-              f"{dist.metadata['Name'] + ' ' + dist.version if dist else entry_point.value}")
+    source = _entry_point_source(entry_point)
     try:
       with _registering_as(source):
         entry_point.load()
@@ -250,6 +248,16 @@ def _load_entry_points() -> None:
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
   return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _entry_point_source(entry_point: importlib.metadata.EntryPoint) -> str:
+  """"entry point 'NAME' of DIST VERSION" (the entry point's value if the metadata lacks it)."""
+  try:
+    dist = entry_point.dist
+    label = f"{dist.metadata['Name']} {dist.version}" if dist.metadata["Name"] else None
+  except Exception:  # no distribution, or metadata that cannot be read
+    label = None
+  return f"entry point {entry_point.name!r} of {label or entry_point.value}"
 
 
 @contextlib.contextmanager
