@@ -1,8 +1,9 @@
-"""`capsjax train`, `capsjax eval` and `capsjax predict`.
+"""`capsjax train`, `eval`, `predict` and `rules`.
 
     capsjax train --config quick --data-dir ../shared/tensorflow_datasets --workdir runs/quick
     capsjax eval --workdir runs/quick --data-dir ../shared/tensorflow_datasets
     capsjax predict --workdir runs/quick digit.png scan.jpg --reconstruct out/
+    capsjax rules [--plugin MODULE] [--json]     # the routing rules, their options and papers
 
 Bad input (missing data, unknown config or dataset, non-positive sizes, unusable workdir, a
 checkpoint of another model or a damaged one, a workdir another run is training in) ends with one
@@ -19,9 +20,11 @@ import json
 import logging
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from capsjax import data
+from capsjax import routing as routing_lib
 from capsjax.runtime import tune_host_allocator
 
 EXIT_USAGE = 2
@@ -50,7 +53,10 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--max-steps", type=int, default=None)
   t.add_argument("--batch-size", type=int, default=None)
   t.add_argument("--routing", default=None,
-                 help="routing rule: a name from capsjax.routing.available() (default dynamic)")
+                 help="routing rule: a name from `capsjax rules` (default dynamic), or "
+                      "MODULE:NAME to import MODULE first (a plugin; recorded with the run)")
+  t.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                 help="import MODULE, which registers routing rules (repeatable; recorded)")
   t.add_argument("--routing-iters", type=int, default=None)
   t.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                  help="CapsNet setting, e.g. --model digit_dim=8 (repeatable; VALUE is JSON)")
@@ -81,6 +87,13 @@ def _build_parser() -> argparse.ArgumentParser:
   e.add_argument("--test-examples", type=int, default=None,
                  help="evaluate on only the first N test examples (default: all)")
   e.add_argument("--no-progress", action="store_true", help="no progress bar")
+  e.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                 help="import MODULE first (for runs that did not record their plugins)")
+  r = sub.add_parser("rules", help="list the routing rules, their options and papers",
+                     parents=[common])
+  r.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                 help="import MODULE first, which registers routing rules (repeatable)")
+  r.add_argument("--json", action="store_true", help="one JSON object instead of a table")
   p = sub.add_parser("predict", help="classify image files with a trained model",
                      parents=[common])
   p.add_argument("--workdir", required=True)
@@ -106,6 +119,8 @@ def _train(args) -> dict:
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if args.model:
     overrides["model"] = {**config.model, **_key_values(args.model, "--model", "digit_dim=8")}
+  if args.plugin:
+    overrides["plugins"] = [*config.plugins, *args.plugin]
   if args.routing_option:
     overrides["routing_options"] = _key_values(args.routing_option, "--routing-option",
                                                "leaky=true")
@@ -153,6 +168,7 @@ def _eval(args) -> dict:
 
   _check_positive(args, "batch_size", "test_examples")
   data.resolve_data_dir(args.data_dir)
+  routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
   graphdef, state, meta = train_lib.load_for_eval(args.workdir)
   config = meta["config"]
   split = data.load_split(config["dataset"], "test", args.data_dir, limit=args.test_examples)
@@ -196,6 +212,44 @@ def _predict(args) -> int:
   return EXIT_USAGE if failed else 0
 
 
+def _rules(args) -> dict | str:
+  """{"rules": {name: routing.describe(name)}} with --json, else a table (one row per rule)."""
+  routing_lib.load_plugins(args.plugin)
+  rules = {name: routing_lib.describe(name) for name in routing_lib.available()}
+  if args.json:
+    return {"rules": rules}
+  show = lambda value: json.dumps(value) if isinstance(value, str) else repr(value)
+  rows = [("rule", "iterative", "options (default)", "learnable parameters", "from", "paper")]
+  for name, rule in rules.items():
+    options = ", ".join(f"{k}={show(v)}" for k, v in rule["options"].items())
+    params = ", ".join(f"{k} [{', '.join(map(str, shape))}]"
+                       for k, shape in rule["parameters"].items())
+    rows.append((name, "yes" if rule["iterative"] else "one pass", options or "-",
+                 params or "-", rule["source"], rule["paper"] or "-"))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+  return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]])
+                   for row in rows)
+
+
+_COMMANDS = {"train": _train, "eval": _eval, "rules": _rules}
+
+
+def _warn_in_one_line() -> None:
+  """Shows a RoutingPluginWarning (a broken installed plugin) as one `capsjax: warning:` line."""
+  show = warnings.showwarning
+  if getattr(show, "capsjax_one_line", False):
+    return
+
+  def one_line(message, category, *args, **kwargs):
+    if issubclass(category, routing_lib.RoutingPluginWarning):
+      sys.stderr.write(f"capsjax: warning: {_one_line(message)}\n")
+    else:
+      show(message, category, *args, **kwargs)
+
+  one_line.capsjax_one_line = True
+  warnings.showwarning = one_line
+
+
 def main(argv=None) -> int:
   from capsjax.checkpoint import NonFiniteError
   from capsjax.interrupt import TrainingInterrupted
@@ -208,10 +262,11 @@ def main(argv=None) -> int:
     # notes) say nothing a user can act on; errors still show.
     logging.getLogger("absl").setLevel(logging.ERROR)
   tune_host_allocator()
+  _warn_in_one_line()
   try:
     if args.command == "predict":
-      return _predict(args)
-    result = _train(args) if args.command == "train" else _eval(args)
+      return _predict(args)  # prints a line per file itself
+    result = _COMMANDS[args.command](args)
   except ValueError as e:
     sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")
     return EXIT_USAGE
@@ -227,7 +282,7 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     sys.stderr.write("capsjax: interrupted\n")
     return 130
-  print(json.dumps(result))
+  print(result if isinstance(result, str) else json.dumps(result, default=repr))
   return 0
 
 

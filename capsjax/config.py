@@ -23,19 +23,30 @@ class TrainConfig:
   decay_steps: int = 2000
   max_shift: int = 2  # random shift augmentation, pixels
   recon_weight: float = 0.0005
-  routing: str = "dynamic"  # a name from capsjax.routing.available()
+  routing: str = "dynamic"  # a name from capsjax.routing.available(), or MODULE:NAME (a plugin)
   routing_iters: int = 3
   # Further CapsNet keyword arguments (capsule sizes, channels, decoder widths), e.g.
   # {"primary_dim": 4, "digit_dim": 8}; unset ones keep the paper's values.
   model: dict[str, Any] = dataclasses.field(default_factory=dict)
   routing_options: dict = dataclasses.field(default_factory=dict)  # keyword options of the rule
   vote_chunk_size: int | None = None  # dynamic routing only: memory-efficient chunked votes
+  # Modules imported before the rule is looked up, which register rules (`--plugin MODULE`;
+  # routing="MODULE:NAME" adds MODULE here and keeps NAME). Recorded with the run, so eval and
+  # resume import them too. Installed packages with a "capsjax.routing" entry point need none.
+  plugins: list[str] = dataclasses.field(default_factory=list)
   seed: int = 0
   log_every: int = 20  # steps between train-metric lines (and progress-bar refreshes)
   eval_every: int = 0  # steps between full test-set evaluations; 0 = only at the end
   eval_batch_size: int | None = None  # None: steps.default_eval_batch_size() of the backend
   checkpoint_every: int = 1000  # steps between checkpoints; one is always written at the end
   keep_checkpoints: int = 3
+
+  def __post_init__(self):
+    if isinstance(self.routing, str) and ":" in self.routing:
+      # "my_package.my_rules:tempered": import my_package.my_rules, then use rule "tempered".
+      module, _, self.routing = self.routing.rpartition(":")
+      if isinstance(self.plugins, (list, tuple)) and module not in self.plugins:
+        self.plugins = [*self.plugins, module]
 
   def validate(self) -> "TrainConfig":
     """Raises ValueError naming the first bad setting; returns self."""
@@ -53,6 +64,9 @@ class TrainConfig:
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
     _check_model_settings(self.model)
+    if not isinstance(self.plugins, (list, tuple)):
+      raise ValueError(f"plugins must be a list of module names, got {self.plugins!r}.")
+    routing_lib.load_plugins(self.plugins)
     routing_lib.check_options(self.routing, self.routing_options)
     routing_lib.check_vote_chunking(self.routing, self.vote_chunk_size)
     if self.max_shift < 0 or self.eval_every < 0 or self.recon_weight < 0:

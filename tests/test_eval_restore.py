@@ -61,6 +61,7 @@ def test_config_with_unknown_and_missing_fields_loads_with_a_note(workdir):
   def edit(config):
     config["old_name_of_a_field"] = 3  # renamed or removed since
     del config["eval_every"]  # added since: takes its default
+    del config["plugins"]  # older runs recorded none
 
   _edit_config(workdir, 4, edit)
   notes = []
@@ -68,7 +69,8 @@ def test_config_with_unknown_and_missing_fields_loads_with_a_note(workdir):
   assert meta["step"] == 4
   assert notes == ["Note: the checkpoint's config has field(s) this version does not know, "
                    "ignored: old_name_of_a_field."]
-  assert train.config_from_saved(meta["config"], notes.append).eval_every == 0
+  config = train.config_from_saved(meta["config"], notes.append)
+  assert config.eval_every == 0 and config.plugins == []
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -78,6 +80,10 @@ def test_config_with_unknown_and_missing_fields_loads_with_a_note(workdir):
                             "expects a value of type float."),
     ("routing", "no_such_rule", "the checkpoint's config cannot be used: unknown routing rule "
                                 "'no_such_rule'; available: "),
+    ("plugins", "my_rules", "the checkpoint's config field plugins is 'my_rules'; this version "
+                            "expects a value of type list."),
+    ("plugins", ["capsjax_no_such_plugin"], "the checkpoint's config cannot be used: routing "
+                                            "plugin module 'capsjax_no_such_plugin' not found"),
 ])
 def test_config_that_cannot_be_used_fails_naming_the_field(workdir, field, value, message,
                                                            data_dir, capsys):

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -41,7 +42,16 @@ def test_custom_rule_defined_outside_the_package_trains_via_the_cli(tmp_path, da
   stored = json.loads((workdir / "config.json").read_text())
   assert stored["model"]["routing"] == "tempered" and stored["model"]["routing_options"] == {}
   assert stored["config"]["routing"] == "tempered" and stored["config"]["max_steps"] == 3
+  assert stored["config"]["plugins"] == ["custom_routing"]  # what eval and resume will import
   assert "tempered" not in routing.available()  # registered only in the script's process
+  listed = subprocess.run(
+      [sys.executable, "-m", "capsjax.cli", "rules", "--json", "--plugin", "custom_routing"],
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, "PYTHONPATH": str(REPO / "experiments")})
+  assert listed.returncode == 0, listed.stderr
+  tempered = json.loads(listed.stdout)["rules"]["tempered"]
+  assert tempered["options"] == {"temperature": 0.5} and tempered["source"] == (
+      "module custom_routing")
 
 
 def test_routing_cost_writes_csv_json_and_plots(tmp_path, capsys):

@@ -18,7 +18,7 @@ def _couplings(b: jnp.ndarray, leaky: bool) -> jnp.ndarray:
   return jax.nn.softmax(padded, axis=-1)[:, 1:]
 
 
-@register("dynamic")
+@register("dynamic", paper="Sabour, Frosst & Hinton 2017, Procedure 1 (Eqs. 1-3)")
 def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bool = False,
                     leaky: bool = False) -> RoutingResult:
   """Procedure 1 for one example.

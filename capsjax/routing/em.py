@@ -51,7 +51,8 @@ def inverse_temperatures(num_iters: int, final_lambda: float) -> list[float]:
   return [final_lambda * (1.0 - 0.95 ** (t + 1)) / top for t in range(num_iters)]
 
 
-@register("em", init_params=_betas, uses_activations=True)
+@register("em", init_params=_betas, uses_activations=True,
+          paper="Hinton, Sabour & Frosst, ICLR 2018, Procedure 1")
 def em_routing(u_hat: jnp.ndarray, *, num_iters: int = 3, activations: jnp.ndarray | None = None,
                beta_u: jnp.ndarray | None = None, beta_a: jnp.ndarray | None = None,
                final_lambda: float = 0.5, var_floor: float = 1e-8,

@@ -34,7 +34,8 @@ def _readout(key: jax.Array, num_in: int, num_out: int, dim: int) -> dict[str, j
           "score_bias": jnp.zeros((num_out,))}
 
 
-@register("inverted_dot_product", init_params=_readout)
+@register("inverted_dot_product", init_params=_readout,
+          paper="Tsai, Srivastava, Goh & Salakhutdinov, ICLR 2020, Procedure 1")
 def inverted_dot_product_routing(u_hat: jnp.ndarray, *, num_iters: int = 3,
                                  score_weight: jnp.ndarray | None = None,
                                  score_bias: jnp.ndarray | None = None) -> RoutingResult:

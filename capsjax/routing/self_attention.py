@@ -29,7 +29,8 @@ def _log_prior(key: jax.Array, num_in: int, num_out: int, dim: int) -> dict[str,
   return {"log_prior": jnp.zeros((num_in, num_out))}
 
 
-@register("self_attention", init_params=_log_prior, iterative=False)
+@register("self_attention", init_params=_log_prior, iterative=False,
+          paper="Efficient-CapsNet, Mazzia, Salvetti & Chiaberge 2021")
 def self_attention_routing(u_hat: jnp.ndarray, *, num_iters: int = 1,
                            log_prior: jnp.ndarray | None = None) -> RoutingResult:
   """Efficient-CapsNet self-attention routing for one example.

@@ -12,7 +12,8 @@ from capsjax.routing.registry import register
 from capsjax.squash import squash
 
 
-@register("uniform", iterative=False)
+@register("uniform", iterative=False,
+          paper="no routing, c = 1/N_out (ablation of Gu & Tresp 2020)")
 def uniform_routing(u_hat: jnp.ndarray, *, num_iters: int = 1) -> RoutingResult:
   """v_j = squash(sum_i u_hat_j|i / N_out) for one example.
 
