@@ -1,6 +1,8 @@
 """The `capsjax` command: a real end-to-end run on MNIST, resume, eval, and bad input."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -172,44 +174,58 @@ EPOCH_RUN = ["train", "--epochs", "1", "--batch-size", "8", "--train-examples", 
              "--routing-option", "stop_gradient=false", *TINY_MODEL_ARGS]
 
 
-def test_epochs_eval_every_routing_options_and_progress_bar(tmp_path, data_dir, capsys):
-  # No --no-progress: the progress bars are the CLI's default.
-  code = cli.main([*EPOCH_RUN, "--data-dir", data_dir, "--workdir", str(tmp_path / "w")])
-  out, err = capsys.readouterr()
+def _main(argv) -> tuple[int, str, str]:
+  """cli.main(argv) in this process: (exit status, stdout, stderr)."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = cli.main(argv)
+  return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def epoch_run(data_dir, tmp_path_factory):
+  """EPOCH_RUN with the CLI's defaults otherwise (progress bars on): (workdir, code, out, err)."""
+  workdir = tmp_path_factory.mktemp("epoch_run")
+  return (workdir, *_main([*EPOCH_RUN, "--data-dir", data_dir, "--workdir", str(workdir)]))
+
+
+def test_epochs_eval_every_routing_options_and_progress_bar(epoch_run):
+  workdir, code, out, err = epoch_run
   assert code == 0, err
   assert json.loads(out.strip().splitlines()[-1])["step"] == 3  # --epochs 1 = 24 // 8 steps
   assert "train mnist: 100%" in err and "3/3" in err and "eval: " in err  # tqdm bars (stderr)
   assert "step 2: test accuracy" in out  # --eval-every 2, printed above the bar
-  assert [r["step"] for r in _records(tmp_path / "w", "test")] == [2, 3]
-  stored = json.loads((tmp_path / "w" / "config.json").read_text())
+  assert [r["step"] for r in _records(workdir, "test")] == [2, 3]
+  stored = json.loads((workdir / "config.json").read_text())
   assert stored["config"]["epochs"] == 1 and stored["config"]["max_steps"] is None
   assert stored["config"]["eval_every"] == 2
   # VALUE is JSON (false) or a Python literal (True); both reach the model as bools.
   options = {"leaky": True, "stop_gradient": False}
   assert stored["model"]["routing_options"] == options
-  graphdef, state, meta = train_lib.load_for_eval(tmp_path / "w")
+  graphdef, state, meta = train_lib.load_for_eval(workdir)
   assert meta["model"]["routing_options"] == options
   model, _ = nnx.merge(graphdef, state)
   assert model.digits.options == options and model.digits.vote_chunk_size is None
 
 
-def test_vote_chunk_size_run_matches_the_plain_run(tmp_path, data_dir, capsys):
+def test_vote_chunk_size_run_matches_the_plain_run(epoch_run, tmp_path, data_dir):
+  plain_dir, plain_code, _, _ = epoch_run
+  assert plain_code == 0
+  code, out, err = _main([*EPOCH_RUN, "--data-dir", data_dir, "--workdir", str(tmp_path),
+                          "--no-progress", "--vote-chunk-size", "100"])
+  assert code == 0, err
+  assert "train mnist" not in err and "eval: " not in err  # --no-progress: no bars
   runs = {}
-  for name, extra in (("plain", []), ("chunked", ["--vote-chunk-size", "100"])):
-    workdir = tmp_path / name
-    code = cli.main([*EPOCH_RUN, "--data-dir", data_dir, "--workdir", str(workdir),
-                     "--no-progress", *extra])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert "train mnist" not in err and "eval: " not in err  # --no-progress: no bars
+  for name, workdir in (("plain", plain_dir), ("chunked", tmp_path)):
     graphdef, state, _ = train_lib.load_for_eval(workdir)
     runs[name] = (_records(workdir, "test"), nnx.merge(graphdef, state)[0], state)
   (plain_tests, plain_model, plain_state), (chunked_tests, chunked_model, chunked_state) = (
       runs["plain"], runs["chunked"])
   assert plain_model.digits.vote_chunk_size is None
   assert chunked_model.digits.vote_chunk_size == 100  # 144 capsules: 2 chunks, one padded
+  assert [r["step"] for r in chunked_tests] == [r["step"] for r in plain_tests] == [2, 3]
   for a, b in zip(plain_tests, chunked_tests):
-    assert a["step"] == b["step"] and a["test_accuracy"] == b["test_accuracy"]
+    assert a["test_accuracy"] == b["test_accuracy"]
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
   # After 3 Adam steps (each moves a weight by up to ~1e-3) the parameters still agree.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-6),
