@@ -202,9 +202,9 @@ def test_epochs_eval_every_routing_options_and_progress_bar(epoch_run):
   # VALUE is JSON (false) or a Python literal (True); both reach the model as bools.
   options = {"leaky": True, "stop_gradient": False}
   assert stored["model"]["routing_options"] == options
-  graphdef, state, meta = train_lib.load_for_eval(workdir)
+  graphdef, state, meta = train_lib.load_for_eval(workdir)  # the model alone
   assert meta["model"]["routing_options"] == options
-  model, _ = nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, state)
   assert model.digits.options == options and model.digits.vote_chunk_size is None
 
 
@@ -218,7 +218,7 @@ def test_vote_chunk_size_run_matches_the_plain_run(epoch_run, tmp_path, data_dir
   runs = {}
   for name, workdir in (("plain", plain_dir), ("chunked", tmp_path)):
     graphdef, state, _ = train_lib.load_for_eval(workdir)
-    runs[name] = (_records(workdir, "test"), nnx.merge(graphdef, state)[0], state)
+    runs[name] = (_records(workdir, "test"), nnx.merge(graphdef, state), state)
   (plain_tests, plain_model, plain_state), (chunked_tests, chunked_model, chunked_state) = (
       runs["plain"], runs["chunked"])
   assert plain_model.digits.vote_chunk_size is None
@@ -229,7 +229,7 @@ def test_vote_chunk_size_run_matches_the_plain_run(epoch_run, tmp_path, data_dir
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
   # After 3 Adam steps (each moves a weight by up to ~1e-3) the parameters still agree.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-6),
-               chunked_state.to_pure_dict()[0], plain_state.to_pure_dict()[0])
+               chunked_state.to_pure_dict(), plain_state.to_pure_dict())
 
 
 def test_keyboard_interrupt_outside_the_training_loop(tmp_path, data_dir, capsys, monkeypatch):
