@@ -229,7 +229,7 @@ def test_paper_preset_builds_end_to_end():
   chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
   assert metrics.loss.shape == () and metrics.finite.shape == ()
   eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
-  size = config.eval_batch_size
+  size = config.eval_batch_size or steps.default_eval_batch_size()  # None: the backend's
   metrics = jax.eval_shape(eval_step.jitted, state, jax.ShapeDtypeStruct((size, 28, 28, 1),
                                                                          jnp.uint8),
                            jax.ShapeDtypeStruct((size,), jnp.int32),
