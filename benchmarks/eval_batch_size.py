@@ -22,6 +22,7 @@ from capsjax import data, steps
 from capsjax.config import TrainConfig
 from capsjax.runtime import tune_host_allocator
 from capsjax.train import create_model, evaluate
+from capsjax.archs import capsnet as capsnet_arch
 
 
 def main(argv=None):
@@ -38,7 +39,7 @@ def main(argv=None):
   split = data.load_split("mnist", "test", args.data_dir, limit=args.images)
   settings = {"input_shape": [28, 28, 1], "num_classes": 10}
   graphdef, state = nnx.split(create_model(settings, TrainConfig()))
-  eval_step = steps.make_eval_step(graphdef, recon_weight=0.0005)
+  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
   for b in sizes:  # compile and warm up each size
     evaluate(eval_step, state, split, b)
   seconds = {b: [] for b in sizes}

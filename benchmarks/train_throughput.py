@@ -18,6 +18,8 @@ from capsjax import steps
 from capsjax.config import TrainConfig
 from capsjax.runtime import tune_host_allocator
 from capsjax.train import create_state
+from capsjax.archs import capsnet as capsnet_arch
+from capsjax.augment import shift_transform
 
 
 def build(batch_size: int, routing_iters: int, seed: int = 0):
@@ -25,9 +27,9 @@ def build(batch_size: int, routing_iters: int, seed: int = 0):
   config = TrainConfig(batch_size=batch_size, routing_iters=routing_iters, seed=seed)
   settings = {"input_shape": [28, 28, 1], "num_classes": 10, "routing_iters": routing_iters}
   graphdef, state = create_state(settings, config)
-  train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
-                                     recon_weight=config.recon_weight)
-  eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
+  train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(config.recon_weight),
+                                     shift_transform(config.max_shift))
+  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(config.recon_weight))
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (batch_size, 28, 28, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, (batch_size,), dtype=np.int32)

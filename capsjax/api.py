@@ -11,63 +11,55 @@ import dataclasses
 import os
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from capsjax import archs
 from capsjax import config as config_lib
 from capsjax import data, steps
 from capsjax import train as train_lib
 
 
 class Prediction(NamedTuple):
-  """What a trained CapsNet says about a batch of B images.
+  """What a trained network says about a batch of B images.
 
   Attributes:
     classes: [B] int, the highest-scoring class.
     scores: [B, K] class scores: capsule lengths |v_k|, or the rule's activations (em,
-      inverted_dot_product).
-    capsules: [B, K, D] the DigitCaps v_k.
-    reconstructions: [B, H, W, C] in [0, 1], decoded from the predicted class's capsule.
+      inverted_dot_product); a network without capsules: its softmax probabilities.
+    capsules: [B, K, D] the DigitCaps v_k (None for a network without capsules).
+    reconstructions: [B, H, W, C] in [0, 1], decoded from the predicted class's capsule (None
+      for a network without a decoder).
   """
 
   classes: np.ndarray
   scores: np.ndarray
-  capsules: np.ndarray
-  reconstructions: np.ndarray
+  capsules: np.ndarray | None
+  reconstructions: np.ndarray | None
 
 
 class TrainedModel:
-  """A CapsNet restored from a workdir, with the config and settings it was trained with."""
+  """A network restored from a workdir, with the config and settings it was trained with."""
 
   def __init__(self, graphdef, state, meta: dict[str, Any], batch_size: int = 100):
     self.graphdef, self.state = graphdef, state
     self.step = int(meta["step"])
     self.config = train_lib.config_from_saved(meta["config"], report=lambda _: None)
     self.settings = dict(meta["model"])
+    self.arch = archs.of_settings(self.settings)
     self.batch_size = batch_size
     model = nnx.merge(graphdef, state)
     self.input_shape: tuple[int, int, int] = model.input_shape
     self.num_classes: int = model.num_classes
-
-    @jax.jit
-    def forward(state, images):
-      out = nnx.merge(graphdef, state)(steps.to_float(images))
-      return jnp.argmax(out.lengths, -1), out.lengths, out.v, out.reconstructions
-
-    self._forward = forward
+    self._outputs = steps.make_outputs_step(graphdef, self.arch.outputs)
 
   @property
   def model(self):
-    """The restored `capsjax.CapsNet` (an NNX module; call it like any CapsNet)."""
+    """The restored network (an NNX module, e.g. `capsjax.CapsNet`)."""
     return nnx.merge(self.graphdef, self.state)
 
-  def predict(self, images) -> Prediction:
-    """Classifies `images`: [B, H, W, C] or one [H, W, C]; uint8 (0..255) or float in [0, 1].
-
-    Runs in fixed-size batches (the last one padded), so any B compiles once.
-    """
+  def _batch(self, images) -> np.ndarray:
+    """`images` as a checked [B, H, W, C] batch (one [H, W, C] image becomes B = 1)."""
     images = np.asarray(images)
     if images.ndim == len(self.input_shape):
       images = images[None]
@@ -75,13 +67,29 @@ class TrainedModel:
       raise ValueError(f"images must have shape [B, {', '.join(map(str, self.input_shape))}] or "
                        f"[{', '.join(map(str, self.input_shape))}], got {images.shape}.")
     data.check_batch(images, np.zeros(len(images), np.int32), self.num_classes)
+    return images
+
+  def outputs(self, images) -> archs.Outputs:
+    """The network's test-time outputs (numpy; see `capsjax.archs.Outputs`: scores, capsules,
+    reconstructions) of `images` as for `predict`."""
+    images = self._batch(images)
     parts = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
       padded = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]),
                                                chunk.dtype)])
-      parts.append([np.asarray(x)[:len(chunk)] for x in self._forward(self.state, padded)])
-    return Prediction(*(np.concatenate(columns) for columns in zip(*parts)))
+      parts.append([None if x is None else np.asarray(x)[:len(chunk)]
+                    for x in self._outputs(self.state, padded)])
+    return archs.Outputs(*(None if columns[0] is None else np.concatenate(columns)
+                           for columns in zip(*parts)))
+
+  def predict(self, images) -> Prediction:
+    """Classifies `images`: [B, H, W, C] or one [H, W, C]; uint8 (0..255) or float in [0, 1].
+
+    Runs in fixed-size batches (the last one padded), so any B compiles once.
+    """
+    out = self.outputs(images)
+    return Prediction(np.argmax(out.scores, -1), out.scores, out.capsules, out.reconstructions)
 
 
 def load(workdir: str | os.PathLike, step: int | None = None, *,

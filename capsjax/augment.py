@@ -25,3 +25,13 @@ def random_shift_batch(key: jax.Array, images: jnp.ndarray, max_shift: int = 2) 
   """`random_shift` applied independently to each image of [B, H, W, C]."""
   keys = jax.random.split(key, images.shape[0])
   return jax.vmap(random_shift, in_axes=(0, 0, None))(keys, images, max_shift)
+
+
+def shift_transform(max_shift: int):
+  """The training `Transform` (see `capsjax.steps`) of the paper's augmentation:
+  `(key, images [B,H,W,C], labels) -> (random_shift_batch(key, images, max_shift), labels)`."""
+
+  def transform(key: jax.Array, images: jnp.ndarray, labels: jnp.ndarray):
+    return random_shift_batch(key, images, max_shift), labels
+
+  return transform

@@ -163,20 +163,20 @@ def _check_positive(args, *names: str) -> None:
 
 
 def _eval(args) -> dict:
-  from capsjax import steps
+  from capsjax import archs, steps
   from capsjax import train as train_lib
 
   _check_positive(args, "batch_size", "test_examples")
   data.resolve_data_dir(args.data_dir)
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
   graphdef, state, meta = train_lib.load_for_eval(args.workdir)
-  config = meta["config"]
-  split = data.load_split(config["dataset"], "test", args.data_dir, limit=args.test_examples)
-  eval_step = steps.make_eval_step(graphdef, recon_weight=config["recon_weight"])
+  config = train_lib.config_from_saved(meta["config"], report=lambda _: None)
+  split = data.load_split(config.dataset, "test", args.data_dir, limit=args.test_examples)
+  eval_step = steps.make_eval_step(graphdef, archs.of_settings(meta["model"]).loss(config))
   result = train_lib.evaluate(eval_step, state, split,
                               args.batch_size or steps.default_eval_batch_size(),
                               progress=not args.no_progress)
-  return {"dataset": config["dataset"], **train_lib.test_record(int(meta["step"]), result)}
+  return {"dataset": config.dataset, **train_lib.test_record(int(meta["step"]), result)}
 
 
 def _predict(args) -> int:

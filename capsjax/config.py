@@ -2,10 +2,10 @@
 
 import dataclasses
 import importlib
-import inspect
 import pkgutil
 from typing import Any
 
+from capsjax import archs
 from capsjax import configs as _configs_pkg
 from capsjax import routing as routing_lib
 
@@ -15,6 +15,7 @@ class TrainConfig:
   """Everything a training run depends on. Presets: `capsjax.config.get_preset(name)`."""
 
   dataset: str = "mnist"
+  arch: str = "capsnet"  # the network: a name from capsjax.archs.available() (capsnet, baseline)
   batch_size: int = 128
   epochs: int | None = None  # run length in epochs; max_steps wins when both are set
   max_steps: int | None = None
@@ -25,8 +26,9 @@ class TrainConfig:
   recon_weight: float = 0.0005
   routing: str = "dynamic"  # a name from capsjax.routing.available(), or MODULE:NAME (a plugin)
   routing_iters: int = 3
-  # Further CapsNet keyword arguments (capsule sizes, channels, decoder widths), e.g.
-  # {"primary_dim": 4, "digit_dim": 8}; unset ones keep the paper's values.
+  # Further keyword arguments of the network (CapsNet: capsule sizes, channels, decoder widths,
+  # e.g. {"primary_dim": 4, "digit_dim": 8}; baseline: conv_channels, hidden, dropout); unset
+  # ones keep the paper's values.
   model: dict[str, Any] = dataclasses.field(default_factory=dict)
   routing_options: dict = dataclasses.field(default_factory=dict)  # keyword options of the rule
   vote_chunk_size: int | None = None  # dynamic routing only: memory-efficient chunked votes
@@ -63,7 +65,9 @@ class TrainConfig:
       raise ValueError("set epochs or max_steps (the run length).")
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
-    _check_model_settings(self.model)
+    archs.get(self.arch)
+    _check_arch_settings(self)
+    _check_model_settings(self.model, self.arch)
     if not isinstance(self.plugins, (list, tuple)):
       raise ValueError(f"plugins must be a list of module names, got {self.plugins!r}.")
     routing_lib.load_plugins(self.plugins)
@@ -80,33 +84,38 @@ class TrainConfig:
     return self.epochs * (num_train_examples // self.batch_size)
 
 
-# CapsNet arguments set elsewhere: by the dataset (input_shape, num_classes), or by their own
-# TrainConfig field (routing*, vote_chunk_size).
-_NOT_MODEL_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "vote_chunk_size")
-
-
-def model_options() -> dict[str, Any]:
-  """{name: default} of the CapsNet arguments that `TrainConfig.model` may set."""
-  from capsjax.model import CapsNet  # the model imports JAX; keep config import light
-
-  params = inspect.signature(CapsNet.__init__).parameters
-  return {k: p.default for k, p in params.items()
-          if k not in _NOT_MODEL_OPTIONS and not k.startswith("routing")}
+def model_options(arch: str = "capsnet") -> dict[str, Any]:
+  """{name: default} of the network's arguments that `TrainConfig.model` may set."""
+  return archs.model_options(arch)
 
 
 def _positive_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
-def _check_model_settings(model: dict[str, Any]) -> None:
-  """Raises ValueError for an unknown CapsNet setting or a value unlike its default's kind."""
-  options = model_options()
+def _check_arch_settings(config: TrainConfig) -> None:
+  """Raises ValueError for a setting of another network (e.g. routing for the baseline) that is
+  not at its default: it would be silently ignored."""
+  defaults = TrainConfig()
+  own = archs.get(config.arch).config_keys
+  for other in archs.available():
+    for key in archs.get(other).config_keys:
+      if key not in own and getattr(config, key) != getattr(defaults, key):
+        raise ValueError(f"{key} is a setting of arch {other!r}; arch {config.arch!r} does not "
+                         f"use it (got {getattr(config, key)!r}).")
+
+
+def _check_model_settings(model: dict[str, Any], arch: str = "capsnet") -> None:
+  """Raises ValueError for an unknown network setting or a value unlike its default's kind."""
+  options = model_options(arch)
   for key, value in model.items():
     if key not in options:
-      raise ValueError(f"unknown model setting {key!r}; expected one of {', '.join(options)}.")
-    if isinstance(options[key], int) and not _positive_int(value):
+      raise ValueError(f"unknown model setting {key!r}; expected one of {', '.join(options)} "
+                       f"(the options of arch {arch!r}).")
+    default = options[key]
+    if isinstance(default, int) and not _positive_int(value):
       raise ValueError(f"model setting {key} must be a positive integer, got {value!r}.")
-    if isinstance(options[key], (tuple, list)) and not (
+    if isinstance(default, (tuple, list)) and not (
         isinstance(value, (tuple, list)) and value and all(map(_positive_int, value))):
       raise ValueError(f"model setting {key} must be a non-empty list of positive integers, "
                        f"got {value!r}.")

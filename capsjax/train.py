@@ -13,42 +13,39 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from capsjax import archs
 from capsjax import config as config_lib
 from capsjax import data, faults, steps
 from capsjax import routing as routing_lib
 from capsjax import tensorboard as tensorboard_lib
+from capsjax.augment import shift_transform
 from capsjax.checkpoint import CheckpointError, Checkpointer, NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.interrupt import StopOnSignal, TrainingInterrupted
-from capsjax.model import CapsNet
 from capsjax.workdir import (StorageError, WorkdirLock, append_line, prepare_workdir,
                              write_text_atomic)
 
 # Settings that change the network; a checkpoint is only resumable with the same values.
-MODEL_KEYS = ("input_shape", "num_classes", "routing", "routing_iters", "routing_options")
+MODEL_KEYS = ("arch", "input_shape", "num_classes", "routing", "routing_iters", "routing_options")
 
 
 def model_settings(config: TrainConfig, split: data.Split) -> dict[str, Any]:
-  """CapsNet constructor arguments for `config` on a dataset like `split`."""
-  return {"input_shape": list(split.images.shape[1:]), "num_classes": int(split.num_classes),
-          "routing": config.routing, "routing_iters": config.routing_iters,
-          "routing_options": dict(config.routing_options), **config.model}
+  """The network's settings for `config` on a dataset like `split` (recorded with the run):
+  arch, input_shape, num_classes, the arch's TrainConfig fields and `config.model`."""
+  arch = archs.get(config.arch)
+  own = {k: getattr(config, k) for k in arch.config_keys}
+  return {"arch": arch.name, "input_shape": list(split.images.shape[1:]),
+          "num_classes": int(split.num_classes),
+          **{k: dict(v) if isinstance(v, dict) else v for k, v in own.items()}, **config.model}
 
 
-def create_model(settings: dict[str, Any], config: TrainConfig) -> CapsNet:
-  """A fresh CapsNet with `settings` (see `model_settings`), seeded by config.seed."""
-  # Settings an older checkpoint did not record take their defaults.
-  settings = {**{k: _setting_default(k) for k in MODEL_KEYS}, **settings}
-  extra = {k: v for k, v in settings.items() if k in config_lib.model_options()}
-  return CapsNet(input_shape=tuple(settings["input_shape"]),
-                 num_classes=settings["num_classes"], routing=settings["routing"],
-                 routing_iters=settings["routing_iters"],
-                 routing_options=settings["routing_options"],
-                 vote_chunk_size=config.vote_chunk_size, rngs=nnx.Rngs(config.seed), **extra)
+def create_model(settings: dict[str, Any], config: TrainConfig) -> nnx.Module:
+  """A fresh network of recorded `settings` (see `model_settings`), seeded by config.seed."""
+  return archs.of_settings(settings).create(settings, config, nnx.Rngs(config.seed))
 
 
 def create_state(settings: dict[str, Any], config: TrainConfig):
-  """(graphdef, state) of a fresh (CapsNet, nnx.Optimizer) pair seeded by config.seed."""
+  """(graphdef, state) of a fresh (model, nnx.Optimizer) pair seeded by config.seed."""
   model = create_model(settings, config)
   tx = steps.make_optimizer(config.learning_rate, config.decay_rate, config.decay_steps)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -80,13 +77,13 @@ class MetricsWriter:
       self.also.write(record)
 
 
-def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, float]:
-  """Sums batch metrics on the host and turns them into means."""
+def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, Any]:
+  """Sums batch metrics on the host and turns them into means: {"loss", <the network's loss
+  terms>, "accuracy", "examples"}."""
   total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(metrics))
   n = max(total.count, 1.0)
-  return {"loss": total.loss / n, "margin_loss": total.margin_loss / n,
-          "reconstruction_loss": total.reconstruction_loss / n, "accuracy": total.correct / n,
-          "examples": int(total.count)}
+  return {"loss": total.loss / n, **{k: v / n for k, v in total.terms.items()},
+          "accuracy": total.correct / n, "examples": int(total.count)}
 
 
 def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: bool = False
@@ -100,33 +97,41 @@ def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: boo
   return _summarise(results)
 
 
-def test_record(step: int, result: dict[str, float]) -> dict[str, Any]:
+def test_record(step: int, result: dict[str, Any]) -> dict[str, Any]:
   """The metrics.jsonl / CLI record of an `evaluate` result on the test split."""
+  terms = {f"test_{k}": v for k, v in result.items() if k not in ("loss", "accuracy", "examples")}
   return {"step": step, "split": "test", "test_accuracy": result["accuracy"],
-          "test_loss": result["loss"], "test_margin_loss": result["margin_loss"],
-          "test_reconstruction_loss": result["reconstruction_loss"],
-          "test_examples": result["examples"]}
+          "test_loss": result["loss"], **terms, "test_examples": result["examples"]}
 
 
-def _setting_default(key: str) -> Any:
+def train_record(step: int, summary: dict[str, Any]) -> dict[str, Any]:
+  """The metrics.jsonl record of the train steps summarised in `summary` (see `_summarise`)."""
+  terms = {k: v for k, v in summary.items() if k not in ("loss", "accuracy", "examples")}
+  return {"step": step, "split": "train", "loss": summary["loss"], **terms,
+          "train_accuracy": summary["accuracy"]}
+
+
+def _setting_default(key: str, arch: str = archs.DEFAULT) -> Any:
   """What a setting absent from an older checkpoint's metadata meant: its default."""
   field = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(key)
   if field is not None and field.default is not dataclasses.MISSING:
     return field.default
   if field is not None and field.default_factory is not dataclasses.MISSING:
     return field.default_factory()
-  return config_lib.model_options().get(key)
+  return config_lib.model_options(arch).get(key)
 
 
-def _differences(saved: dict[str, Any], now: dict[str, Any], keys) -> list[str]:
-  """"name: checkpoint X vs now Y" for each of `keys` that differs (missing = default)."""
-  value = lambda d, k: d[k] if k in d else _setting_default(k)
+def _differences(saved: dict[str, Any], now: dict[str, Any], keys, arch: str = archs.DEFAULT
+                 ) -> list[str]:
+  """"name: checkpoint X vs now Y" for each of `keys` that differs (missing = default; model
+  options default to those of `arch`'s network)."""
+  value = lambda d, k: d[k] if k in d else _setting_default(k, d.get("arch", arch))
   return [f"{k}: checkpoint {value(saved, k)!r} vs now {value(now, k)!r}" for k in sorted(keys)
           if value(saved, k) != value(now, k)]
 
 
 def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-  """The model settings (MODEL_KEYS and any CapsNet option) that differ, one string each.
+  """The model settings (MODEL_KEYS and any network option) that differ, one string each.
 
   `routing_iters` does not count for a one-pass rule (`iterative=False`), which ignores it.
   """
@@ -161,7 +166,7 @@ def _nonfinite_message(step: int, metrics: steps.StepMetrics, ckpt: Checkpointer
 def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None = None,
           *, train_limit: int | None = None, test_limit: int | None = None,
           progress: bool = True, tensorboard: bool = False) -> dict[str, Any]:
-  """Trains (or resumes) a CapsNet and returns the final test metrics.
+  """Trains (or resumes) the network `config.arch` and returns the final test metrics.
 
   Args:
     config: validated TrainConfig.
@@ -232,11 +237,12 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
       raise StorageError(f"{e}; {ckpt.last_complete_phrase()}") from e
     meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
 
-    train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
-                                       recon_weight=config.recon_weight)
-    eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
+    arch = archs.get(config.arch)
+    loss_fn = arch.loss(config)
+    train_step = steps.make_train_step(graphdef, loss_fn, shift_transform(config.max_shift))
+    eval_step = steps.make_eval_step(graphdef, loss_fn)
     writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
-    reconstruct = steps.make_reconstruct_step(graphdef) if board else None
+    outputs = steps.make_outputs_step(graphdef, arch.outputs) if board else None
     eval_batch_size = config.eval_batch_size or steps.default_eval_batch_size()
     base_key = jax.random.key(config.seed)
     schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
@@ -247,7 +253,9 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
       writer.write(record)
       if board is not None:
         sample = test_split.images[:8]
-        board.images(step, sample, np.asarray(reconstruct(state, sample)))
+        recon = outputs(state, sample).reconstructions
+        if recon is not None:  # networks without a decoder have none to show
+          board.images(step, sample, np.asarray(recon))
       return record
 
     batches = data.train_batches(train_split, config.batch_size, config.seed, start_step)
@@ -271,10 +279,7 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
           pending = []
           rate = window_images / (time.time() - window_start)
           window_start, window_images = time.time(), 0
-          writer.write({"step": done, "split": "train", "loss": summary["loss"],
-                        "margin_loss": summary["margin_loss"],
-                        "reconstruction_loss": summary["reconstruction_loss"],
-                        "train_accuracy": summary["accuracy"], "images_per_sec": rate,
+          writer.write({**train_record(done, summary), "images_per_sec": rate,
                         "learning_rate": float(schedule(done - 1)),
                         "elapsed_s": time.time() - t_start})
           bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",

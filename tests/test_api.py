@@ -10,6 +10,7 @@ from PIL import Image
 import capsjax
 from capsjax import cli, data, images, steps, train
 from capsjax.config import TrainConfig
+from capsjax.archs import capsnet as capsnet_arch
 from conftest import run_cli
 
 TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
@@ -46,7 +47,7 @@ def test_predict_agrees_with_evaluation(workdir, data_dir):
                              atol=1e-6)
   # The same accuracy as `capsjax eval` of that checkpoint on the same images.
   graphdef, state, _ = train.load_for_eval(workdir)
-  eval_step = steps.make_eval_step(graphdef, recon_weight=0.0005)
+  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
   result = train.evaluate(eval_step, state, test, batch_size=50)
   assert np.mean(pred.classes == test.labels) == pytest.approx(result["accuracy"])
   # One image without a batch axis, and float input, give the same answer.

@@ -116,6 +116,10 @@ def test_routing_rule_and_options_are_model_settings():
       "routing: checkpoint 'dynamic' vs now 'uniform'"]
   assert train.model_mismatches({**base, "routing_options": {"leaky": True}}, base) == [
       "routing_options: checkpoint {'leaky': True} vs now {}"]
+  # Nor did it record the network, which was CapsNet; a baseline is a different model.
+  assert train.model_mismatches(base, {**base, "arch": "capsnet"}) == []
+  assert train.model_mismatches(base, {**base, "arch": "baseline"}) == [
+      "arch: checkpoint 'capsnet' vs now 'baseline'"]
 
 
 def test_unknown_model_setting_is_rejected():

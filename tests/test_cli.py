@@ -45,8 +45,8 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
                                  checkpoint_every=2, keep_checkpoints=2)
   stored = json.loads((workdir / "config.json").read_text())
   assert config_lib.TrainConfig(**stored["config"]) == expected
-  assert stored["model"] == {"input_shape": [28, 28, 1], "num_classes": 10, "routing": "dynamic",
-                             "routing_iters": 3, "routing_options": {}}
+  assert stored["model"] == {"arch": "capsnet", "input_shape": [28, 28, 1], "num_classes": 10,
+                             "routing": "dynamic", "routing_iters": 3, "routing_options": {}}
   train_3, = _records(workdir, "train")
   test_3, = _records(workdir, "test")
   assert train_3["step"] == test_3["step"] == 3 and test_3["test_examples"] == 64

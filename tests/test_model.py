@@ -7,6 +7,8 @@ from flax import nnx
 
 import capsjax
 from capsjax import conv
+from capsjax.archs import capsnet as capsnet_arch
+from capsjax.augment import shift_transform
 from conftest import tiny_capsnet
 
 
@@ -194,7 +196,7 @@ def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
 
   graphdef, s = state(0)
   before = np.array(s[0]["digits"]["routing_params"]["beta_a"][...])
-  train_step = steps.make_train_step(graphdef, max_shift=0, recon_weight=0.0005)
+  train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
   images = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
   s, _ = train_step(s, images, np.array([0, 1, 2, 3], np.int32), jax.random.key(0))
   after = np.array(s[0]["digits"]["routing_params"]["beta_a"][...])
@@ -221,14 +223,14 @@ def test_paper_preset_builds_end_to_end():
   assert capsjax.count_params(model) == 8_215_568 and model.digits.num_iters == 3
   schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
   np.testing.assert_allclose([schedule(0), schedule(2000)], [1e-3, 0.96e-3], rtol=1e-6)
-  train_step = steps.make_train_step(graphdef, max_shift=config.max_shift,
-                                     recon_weight=config.recon_weight)
+  train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(config.recon_weight),
+                                     shift_transform(config.max_shift))
   images = jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.uint8)
   labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)
   new_state, metrics = jax.eval_shape(train_step.jitted, state, images, labels, jax.random.key(0))
   chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
   assert metrics.loss.shape == () and metrics.finite.shape == ()
-  eval_step = steps.make_eval_step(graphdef, recon_weight=config.recon_weight)
+  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(config.recon_weight))
   size = config.eval_batch_size or steps.default_eval_batch_size()  # None: the backend's
   metrics = jax.eval_shape(eval_step.jitted, state, jax.ShapeDtypeStruct((size, 28, 28, 1),
                                                                          jnp.uint8),

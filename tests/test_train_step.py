@@ -10,6 +10,8 @@ from jax.experimental import checkify
 from capsjax import augment, routing, steps
 from capsjax.routing import registry
 from capsjax.checkpoint import Checkpointer
+from capsjax.archs import capsnet as capsnet_arch
+from capsjax.augment import shift_transform
 from conftest import tiny_capsnet
 
 
@@ -31,7 +33,7 @@ def _batch(n=16):
 
 def test_train_step_lowers_loss_on_fixed_batch():
   graphdef, state = _state()
-  step = steps.make_train_step(graphdef, max_shift=0, recon_weight=0.0005)
+  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
   images, labels = _batch()
   losses = []
   for i in range(20):
@@ -44,7 +46,7 @@ def test_train_step_lowers_loss_on_fixed_batch():
 
 def test_eval_step_ignores_padding():
   graphdef, state = _state()
-  ev = steps.make_eval_step(graphdef, recon_weight=0.0005)
+  ev = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
   images, labels = _batch(8)
   full = ev(state, images, labels, np.ones(8, bool))
   padded_images = np.concatenate([images[:5], np.zeros_like(images[:3])])
@@ -99,8 +101,8 @@ def test_train_step_trains_on_randomly_shifted_images():
   graphdef, state = _state()
   images, labels = _batch(8)
   key = jax.random.key(5)
-  shifting = steps.make_train_step(graphdef, max_shift=2, recon_weight=0.0005)
-  plain = steps.make_train_step(graphdef, max_shift=0, recon_weight=0.0005)
+  shifting = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(2))
+  plain = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
   shifted = augment.random_shift_batch(key, steps.to_float(images), 2)
   a, metrics_a = shifting(_copy(state), images, labels, key)
   b, metrics_b = plain(_copy(state), shifted, labels, key)
@@ -114,7 +116,7 @@ def test_train_step_trains_on_randomly_shifted_images():
 
 def test_checkpoint_round_trip(tmp_path):
   graphdef, state = _state(seed=0)
-  step = steps.make_train_step(graphdef, max_shift=2, recon_weight=0.0005)
+  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(2))
   images, labels = _batch()
   for i in range(2):
     state, _ = step(state, images, labels, jax.random.key(i))
@@ -151,7 +153,8 @@ def _differs(a, b) -> bool:
 def test_training_is_deterministic_given_seed():
   images, labels = _batch()
   graphdef, _ = _state()
-  step = steps.make_train_step(graphdef, max_shift=2, recon_weight=0.0005)  # one compilation
+  # one compilation
+  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(2))
 
   def train(seed: int, key_seed: int):
     """Parameters after 3 steps from init seed `seed`, with step keys from `key_seed`."""
@@ -182,7 +185,7 @@ def test_non_finite_gradient_with_finite_loss_is_flagged(monkeypatch):
   model = tiny_capsnet(routing="nan_gradient")
   graphdef, state = nnx.split((model, nnx.Optimizer(model, steps.make_optimizer(1e-3, 0.96, 10),
                                                     wrt=nnx.Param)))
-  step = steps.make_train_step(graphdef, max_shift=0, recon_weight=0.0005)
+  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
   images, labels = _batch(4)
   _, metrics = step(state, images, labels, jax.random.key(0))
   assert np.isfinite(float(metrics.loss)) and float(metrics.finite) == 0.0
@@ -191,8 +194,8 @@ def test_non_finite_gradient_with_finite_loss_is_flagged(monkeypatch):
 def test_jitted_steps_reject_labels_out_of_range():
   graphdef, state = _state()
   images, _ = _batch(4)
-  train_step = steps.make_train_step(graphdef, max_shift=0, recon_weight=0.0005)
-  eval_step = steps.make_eval_step(graphdef, recon_weight=0.0005)
+  train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
+  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
   for bad in (np.array([0, 1, 10, 2], np.int32), jnp.array([-1, 0, 1, 2])):
     with pytest.raises(ValueError, match=r"^labels must lie in \[0, 9\], got values from -?\d+ "
                        r"to \d+\.$"):

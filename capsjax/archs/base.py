@@ -1,0 +1,81 @@
+"""What the training loop needs from a network: the `Arch` record of pure functions.
+
+The loop (`capsjax.train`) never asks which network it trains. Everything that differs between
+networks (how the network is built from the config, its loss and
+logged loss terms, its test-time outputs) comes from the network's `Arch`, looked up by the
+`arch` name a run records (`capsjax.archs.get`).
+"""
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Outputs(NamedTuple):
+  """Test-time outputs of a network for B images.
+
+  Attributes:
+    scores: [B, K] class scores; the highest is the prediction (CapsNet: capsule lengths).
+    capsules: [B, K, D] class capsules, or None for a network without capsules.
+    reconstructions: [B, H, W, C] in [0, 1] decoded from the predicted class, or None for a
+      network without a decoder.
+  """
+
+  scores: jnp.ndarray
+  capsules: jnp.ndarray | None
+  reconstructions: jnp.ndarray | None
+
+
+class Losses(NamedTuple):
+  """The training objective of B examples, per example.
+
+  Attributes:
+    total: [B] what is minimised (its batch mean).
+    terms: {name: [B]} the parts of `total` that are logged under `name` (and `test_` + name),
+      e.g. CapsNet's margin_loss and reconstruction_loss; {} when there are none.
+    scores: [B, K] class scores (for accuracy).
+  """
+
+  total: jnp.ndarray
+  terms: dict[str, jnp.ndarray]
+  scores: jnp.ndarray
+
+
+class LossFn(Protocol):
+  """`loss(model, images float [B,H,W,C] in [0,1], labels [B], *, train, key) -> Losses`.
+
+  `train` selects training behaviour (CapsNet: decoder masked by the true class; baseline:
+  dropout, which draws from `key`); `key` is None when `train` is False.
+  """
+
+  def __call__(self, model: nnx.Module, images: jnp.ndarray, labels: jnp.ndarray, *,
+               train: bool, key: jax.Array | None) -> Losses:
+    ...
+
+
+class Arch(NamedTuple):
+  """A network the training loop can train, evaluate, checkpoint and restore.
+
+  Attributes:
+    name: what `--arch` and a run's recorded settings call it.
+    model_class: the nnx.Module; its keyword arguments other than input_shape, num_classes,
+      rngs and the names in `config_keys` are what `TrainConfig.model` may set.
+    config_keys: TrainConfig fields that are settings of this network (CapsNet: routing,
+      routing_iters, routing_options), recorded with the run's model settings.
+    create: `create(settings, config, rngs) -> model` from a run's recorded settings
+      (input_shape, num_classes, the `config_keys` and any `TrainConfig.model` options; keys an
+      older run did not record take the constructor's defaults).
+    loss: `loss(config) -> LossFn`.
+    outputs: `outputs(model, images float [B,H,W,C]) -> Outputs` at test time.
+    description: one line for `--help` and error messages.
+  """
+
+  name: str
+  model_class: type
+  config_keys: tuple[str, ...]
+  create: Callable[[dict[str, Any], Any, nnx.Rngs], nnx.Module]
+  loss: Callable[[Any], LossFn]
+  outputs: Callable[[nnx.Module, jnp.ndarray], Outputs]
+  description: str
