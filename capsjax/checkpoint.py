@@ -295,7 +295,7 @@ class Checkpointer:
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
     """The JSON metadata of checkpoint `step` (default: latest), after `verify`."""
-    step = self._step(step)
+    step = self.resolve_step(step)
     self.verify(step)
     try:
       return self.manager.restore(
@@ -312,7 +312,7 @@ class Checkpointer:
     Returns:
       (restored state, metadata dict). Raises CheckpointError if the checkpoint is damaged.
     """
-    step = self._step(step)
+    step = self.resolve_step(step)
     self.verify(step)
     pure = state.to_pure_dict()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
@@ -358,9 +358,6 @@ class Checkpointer:
 
   def resolve_step(self, step: int | None) -> int:
     """`step`, or the newest complete checkpoint's when None; ValueError if there is none."""
-    return self._step(step)
-
-  def _step(self, step: int | None) -> int:
     if step is None:
       step = self.latest_step()
     if step is None:

@@ -15,7 +15,6 @@ print the resume command and exit with 128 + the signal number.
 
 import argparse
 import ast
-import dataclasses
 import json
 import logging
 import shlex
@@ -106,8 +105,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> dict:
+  from capsjax import api
   from capsjax import config as config_lib
-  from capsjax import train as train_lib
 
   config = config_lib.get_preset(args.config)
   overrides = {"dataset": args.dataset, "epochs": args.epochs, "max_steps": args.max_steps,
@@ -124,13 +123,10 @@ def _train(args) -> dict:
   if args.routing_option:
     overrides["routing_options"] = _key_values(args.routing_option, "--routing-option",
                                                "leaky=true")
-  if "epochs" in overrides and "max_steps" not in overrides:
-    overrides["max_steps"] = None  # --epochs alone sets the run length
-  config = dataclasses.replace(config, **overrides)
   _check_positive(args, "train_examples", "test_examples")
-  return train_lib.train(config, args.workdir, args.data_dir, train_limit=args.train_examples,
-                         test_limit=args.test_examples, progress=not args.no_progress,
-                         tensorboard=args.tensorboard)
+  return api.fit(config, args.workdir, args.data_dir, progress=not args.no_progress,
+                 tensorboard=args.tensorboard, train_examples=args.train_examples,
+                 test_examples=args.test_examples, **overrides)
 
 
 def _key_values(items: list[str], flag: str, example: str) -> dict:

@@ -7,6 +7,7 @@ from typing import Any
 
 from capsjax import archs
 from capsjax import configs as _configs_pkg
+from capsjax.kinds import kind_name, same_kind
 from capsjax import routing as routing_lib
 
 
@@ -113,8 +114,10 @@ def _check_model_settings(model: dict[str, Any], arch: str = "capsnet") -> None:
       raise ValueError(f"unknown model setting {key!r}; expected one of {', '.join(options)} "
                        f"(the options of arch {arch!r}).")
     default = options[key]
-    if isinstance(default, int) and not _positive_int(value):
+    if isinstance(default, int) and not isinstance(default, bool) and not _positive_int(value):
       raise ValueError(f"model setting {key} must be a positive integer, got {value!r}.")
+    if isinstance(default, (bool, float, str)) and not same_kind(value, default):
+      raise ValueError(f"model setting {key} must be {kind_name(default)}, got {value!r}.")
     if isinstance(default, (tuple, list)) and not (
         isinstance(value, (tuple, list)) and value and all(map(_positive_int, value))):
       raise ValueError(f"model setting {key} must be a non-empty list of positive integers, "

@@ -22,6 +22,7 @@ from capsjax.augment import shift_transform
 from capsjax.checkpoint import CheckpointError, Checkpointer, NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.interrupt import StopOnSignal, TrainingInterrupted
+from capsjax.kinds import kind_name, same_kind
 from capsjax.workdir import (StorageError, WorkdirLock, append_line, prepare_workdir,
                              write_text_atomic)
 
@@ -322,14 +323,12 @@ def config_from_saved(saved: dict[str, Any], report: Callable[[str], None] = pri
            f"{', '.join(unknown)}.")
   known = {k: v for k, v in saved.items() if k in fields}
   for name, value in known.items():
-    expected = type(_setting_default(name))
-    if value is None or expected is type(None):
+    default = _setting_default(name)
+    if value is None or default is None:
       continue
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float
-          else isinstance(value, expected) and not (expected is int and isinstance(value, bool)))
-    if not ok:
+    if not same_kind(value, default):
       raise ValueError(f"the checkpoint's config field {name} is {value!r}; this version "
-                       f"expects a value of type {expected.__name__}.")
+                       f"expects {kind_name(default)}.")
   try:
     return TrainConfig(**known).validate()
   except ValueError as e:

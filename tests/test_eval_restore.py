@@ -75,9 +75,9 @@ def test_config_with_unknown_and_missing_fields_loads_with_a_note(workdir):
 
 @pytest.mark.parametrize("field, value, message", [
     ("batch_size", "8", "the checkpoint's config field batch_size is '8'; this version expects "
-                        "a value of type int."),
+                        "an int."),
     ("learning_rate", True, "the checkpoint's config field learning_rate is True; this version "
-                            "expects a value of type float."),
+                            "expects a float."),
     ("routing", "no_such_rule", "the checkpoint's config cannot be used: unknown routing rule "
                                 "'no_such_rule'; available: "),
     ("plugins", "my_rules", "the checkpoint's config field plugins is 'my_rules'; this version "

@@ -94,7 +94,7 @@ def test_option_values_of_the_right_type_pass(monkeypatch):
   routing.check_options("typed", {"steps": 3, "mode": "b", "table": [1, 2]})  # None: any value
   for bad, message in (({"steps": 2.0}, "must be an int (default 2), got 2.0"),
                        ({"steps": False}, "must be an int (default 2), got False"),
-                       ({"mode": 1}, "must be of type str (default 'a'), got 1")):
+                       ({"mode": 1}, "must be a value of type str (default 'a'), got 1")):
     with pytest.raises(ValueError, match=re.escape(message)):
       routing.check_options("typed", bad)
 

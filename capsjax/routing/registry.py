@@ -17,14 +17,13 @@ import contextlib
 import importlib
 import importlib.metadata
 import inspect
-import numbers
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
-import numpy as np
 
+from capsjax.kinds import kind_name, same_kind
 from capsjax.routing.base import ParamInit, RoutingRule
 
 ENTRY_POINT_GROUP = "capsjax.routing"
@@ -195,37 +194,16 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
   for key, value in options.items():
     default = params[key].default
     expected = _type_name(default)
-    if expected and not _same_kind(value, default):
+    if expected and not same_kind(value, default):
       raise ValueError(f"routing option {key} of rule {name!r} must be {expected} (default "
                        f"{default!r}), got {value!r}.")
-
-
-def _is_bool(x: Any) -> bool:
-  return isinstance(x, (bool, np.bool_))
 
 
 def _type_name(default: Any) -> str | None:
   """How an option's expected type reads in an error ("a bool"); None: not checked."""
   if default is inspect.Parameter.empty or default is None:
     return None
-  if _is_bool(default):
-    return "a bool"
-  if isinstance(default, numbers.Integral):
-    return "an int"
-  if isinstance(default, numbers.Real):
-    return "a float"
-  return f"of type {type(default).__name__}"
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-  """`value` may stand where `default` does: bools only for bools; ints for ints and floats."""
-  if _is_bool(default) or _is_bool(value):
-    return _is_bool(default) and _is_bool(value)
-  if isinstance(default, numbers.Integral):
-    return isinstance(value, numbers.Integral)
-  if isinstance(default, numbers.Real):
-    return isinstance(value, numbers.Real)
-  return isinstance(value, type(default))
+  return kind_name(default)
 
 
 def init_params(name: str, key: jax.Array, num_in: int, num_out: int, dim: int
