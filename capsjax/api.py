@@ -11,6 +11,7 @@ import dataclasses
 import os
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -55,7 +56,7 @@ class TrainedModel:
 
   @property
   def model(self):
-    """The restored network (an NNX module, e.g. `capsjax.CapsNet`)."""
+    """The restored network (an NNX module: `capsjax.CapsNet` or `capsjax.cnn.BaselineCNN`)."""
     return nnx.merge(self.graphdef, self.state)
 
   def _batch(self, images) -> np.ndarray:
@@ -71,7 +72,7 @@ class TrainedModel:
 
   def outputs(self, images) -> archs.Outputs:
     """The network's test-time outputs (numpy; see `capsjax.archs.Outputs`: scores, capsules,
-    reconstructions) of `images` as for `predict`."""
+    reconstructions, routing couplings) of `images` as for `predict`."""
     images = self._batch(images)
     parts = []
     for start in range(0, len(images), self.batch_size):
@@ -90,6 +91,14 @@ class TrainedModel:
     """
     out = self.outputs(images)
     return Prediction(np.argmax(out.scores, -1), out.scores, out.capsules, out.reconstructions)
+
+  def decode(self, capsules, classes) -> np.ndarray:
+    """CapsNet's decoder on class capsules [B, K, D] masked to `classes` [B] -> [B, H, W, C]
+    in [0, 1]. ValueError for a network without a decoder."""
+    decode = getattr(self.model, "decode", None)
+    if decode is None:
+      raise ValueError(f"arch {self.arch.name!r} has no decoder.")
+    return np.asarray(decode(jnp.asarray(capsules, jnp.float32), jnp.asarray(classes)))
 
 
 def load(workdir: str | os.PathLike, step: int | None = None, *,

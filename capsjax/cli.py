@@ -4,6 +4,7 @@
     capsjax eval --workdir runs/quick --data-dir ../shared/tensorflow_datasets
     capsjax predict --workdir runs/quick digit.png scan.jpg --reconstruct out/
     capsjax rules [--plugin MODULE] [--json]     # the routing rules, their options and papers
+    capsjax viz --workdir runs/quick --data-dir ../shared/tensorflow_datasets   # figures (PNG)
 
 Bad input (missing data, unknown config or dataset, non-positive sizes, unusable workdir, a
 checkpoint of another model or a damaged one, a workdir another run is training in) ends with one
@@ -43,11 +44,14 @@ def _build_parser() -> argparse.ArgumentParser:
   common.add_argument("--verbose", action="store_true",
                       help="show the libraries' (absl, TFDS, Orbax) warning and info lines")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-  t = sub.add_parser("train", help="train (or resume) a CapsNet", parents=[common])
+  t = sub.add_parser("train", help="train (or resume) a CapsNet or the baseline CNN",
+                     parents=[common])
   t.add_argument("--config", default="quick", help="preset: quick (CPU) or paper (GPU)")
   t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
   t.add_argument("--dataset", default=None, help=f"one of {', '.join(data.SUPPORTED_DATASETS)}")
+  t.add_argument("--arch", default=None,
+                 help="the network: capsnet (default) or baseline (the paper's CNN, §5)")
   t.add_argument("--epochs", type=int, default=None)
   t.add_argument("--max-steps", type=int, default=None)
   t.add_argument("--batch-size", type=int, default=None)
@@ -58,7 +62,7 @@ def _build_parser() -> argparse.ArgumentParser:
                  help="import MODULE, which registers routing rules (repeatable; recorded)")
   t.add_argument("--routing-iters", type=int, default=None)
   t.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                 help="CapsNet setting, e.g. --model digit_dim=8 (repeatable; VALUE is JSON)")
+                 help="network setting, e.g. --model digit_dim=8 (repeatable; VALUE is JSON)")
   t.add_argument("--routing-option", action="append", default=[], metavar="KEY=VALUE",
                  help="keyword option of the routing rule (repeatable), e.g. leaky=true")
   t.add_argument("--vote-chunk-size", type=int, default=None,
@@ -101,7 +105,36 @@ def _build_parser() -> argparse.ArgumentParser:
   p.add_argument("--reconstruct", metavar="DIR", default=None,
                  help="save NAME.input.png (what the model saw) and NAME.reconstruction.png "
                       "for each FILE into DIR")
+  v = sub.add_parser("viz", help="draw figures (PNG) of what a trained network learnt",
+                     parents=[common])
+  v.add_argument("--workdir", required=True)
+  v.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
+  v.add_argument("--out", default=None, help="folder for the PNGs (default: WORKDIR/figures)")
+  v.add_argument("--figures", default=None, metavar="NAME[,NAME...]",
+                 help="some of reconstructions, perturbations, routing, confusion, curves "
+                      "(default: all)")
+  v.add_argument("--digit", type=int, default=None,
+                 help="perturbations of this class only (default: one digit of each class)")
+  v.add_argument("--dims", type=int, default=None,
+                 help="perturb the first N capsule dimensions (default: all)")
+  v.add_argument("--image", type=int, default=0, help="test index of the routing figure's image")
+  v.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  v.add_argument("--test-examples", type=int, default=None,
+                 help="use only the first N test images (default: all)")
+  v.add_argument("--no-progress", action="store_true", help="no progress bar")
   return parser
+
+
+def _viz(args) -> dict:
+  from capsjax import viz
+
+  _check_positive(args, "dims", "test_examples")
+  figures = None if args.figures is None else [f.strip() for f in args.figures.split(",")]
+  drawn = viz.render(args.workdir, args.data_dir, args.out, figures, digit=args.digit,
+                     dims=args.dims, step=args.step, test_examples=args.test_examples,
+                     image=args.image, progress=not args.no_progress,
+                     report=lambda line: sys.stderr.write(f"capsjax: {line}\n"))
+  return {"figures": drawn}
 
 
 def _train(args) -> dict:
@@ -109,10 +142,11 @@ def _train(args) -> dict:
   from capsjax import config as config_lib
 
   config = config_lib.get_preset(args.config)
-  overrides = {"dataset": args.dataset, "epochs": args.epochs, "max_steps": args.max_steps,
-               "batch_size": args.batch_size, "routing": args.routing,
-               "routing_iters": args.routing_iters, "vote_chunk_size": args.vote_chunk_size,
-               "seed": args.seed, "eval_every": args.eval_every, "log_every": args.log_every,
+  overrides = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs,
+               "max_steps": args.max_steps, "batch_size": args.batch_size,
+               "routing": args.routing, "routing_iters": args.routing_iters,
+               "vote_chunk_size": args.vote_chunk_size, "seed": args.seed,
+               "eval_every": args.eval_every, "log_every": args.log_every,
                "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints}
   overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -178,6 +212,8 @@ def _eval(args) -> dict:
 def _predict(args) -> int:
   """One JSON line per file on stdout; one error line per bad file on stderr (the other files
   are still classified); exit status 2 if any file failed."""
+  import numpy as np
+
   from capsjax import api, images
 
   model = api.load(args.workdir, args.step)
@@ -187,6 +223,9 @@ def _predict(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
       raise ValueError(f"--reconstruct {str(out_dir)!r} exists and is not a directory.")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if model.predict(np.zeros(model.input_shape, np.uint8)).reconstructions is None:
+      raise ValueError(f"--reconstruct: the network of {args.workdir!r} (arch "
+                       f"{model.arch.name!r}) has no decoder, so there is nothing to reconstruct.")
   failed = 0
   for name in args.files:
     try:
@@ -227,7 +266,7 @@ def _rules(args) -> dict | str:
                    for row in rows)
 
 
-_COMMANDS = {"train": _train, "eval": _eval, "rules": _rules}
+_COMMANDS = {"train": _train, "eval": _eval, "rules": _rules, "viz": _viz}
 
 
 def _warn_in_one_line() -> None:

@@ -18,34 +18,43 @@ class Conv2D(nnx.Module):
   """VALID convolution computed as patches @ kernel (see `capsjax.conv`).
 
   Input [B, H, W, C_in] -> output [B, OH, OW, C_out]. Parameters: kernel [k, k, C_in, C_out]
-  (HWIO, LeCun-normal init, like `nnx.Conv`) and bias [C_out].
+  (HWIO, LeCun-normal init, like `nnx.Conv`) and bias [C_out] (none if not `use_bias`).
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int = 1, *,
-               rngs: nnx.Rngs):
+               use_bias: bool = True, rngs: nnx.Rngs):
     init = jax.nn.initializers.lecun_normal()
     self.kernel = nnx.Param(init(rngs.params(),
                                  (kernel_size, kernel_size, in_features, out_features)))
-    self.bias = nnx.Param(jnp.zeros((out_features,)))
+    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.stride = stride
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    return conv.conv2d(x, self.kernel[...], self.bias[...], self.stride)
+    bias = 0.0 if self.bias is None else self.bias[...]
+    return conv.conv2d(x, self.kernel[...], bias, self.stride)
 
 
 class PrimaryCaps(nnx.Module):
   """Convolutional capsules: conv (k x k, stride s) to channels*dim maps, reshape, squash.
 
   Input [B, H, W, C_in] -> output [B, OH*OW*channels, dim] (for MNIST: [B, 1152, 8]).
+  `official`: the official code's form, squash(conv(x) / channels + b) with a conv without bias
+  and b [channels, dim] (its one routing iteration over `channels` outputs with one input gives
+  every coupling 1 / channels).
   """
 
   def __init__(self, in_features: int, channels: int, dim: int, kernel_size: int, stride: int,
-               *, rngs: nnx.Rngs):
-    self.conv = Conv2D(in_features, channels * dim, kernel_size, stride, rngs=rngs)
-    self.dim = dim
+               *, official: bool = False, rngs: nnx.Rngs):
+    self.conv = Conv2D(in_features, channels * dim, kernel_size, stride, use_bias=not official,
+                       rngs=rngs)
+    self.capsule_bias = nnx.Param(jnp.zeros((channels, dim))) if official else None
+    self.channels, self.dim = channels, dim
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     y = self.conv(x)
+    if self.capsule_bias is None:
+      return squash(y.reshape(y.shape[0], -1, self.dim))
+    y = y.reshape(y.shape[0], -1, self.channels, self.dim) / self.channels + self.capsule_bias[...]
     return squash(y.reshape(y.shape[0], -1, self.dim))
 
 
@@ -55,7 +64,9 @@ class DigitCaps(nnx.Module):
   Input u [B, N_in, D_in] -> RoutingResult(v [B, N_out, D_out], c [B, N_in, N_out],
   a [B, N_out] or None). W [N_in, N_out, D_out, D_in] holds one D_out x D_in matrix per (input,
   output) capsule pair; a rule's learnable parameters (`capsjax.routing.register(init_params=)`)
-  live in `routing_params`. Rules that use activations get the input capsules' lengths.
+  live in `routing_params`. Rules that use activations get the input capsules' lengths. With
+  `bias`, a learnable b [N_out, D_out] is passed to the rule as `bias` (added to s_j before the
+  squash, as in the official code; `dynamic` accepts it).
 
   `vote_chunk_size` (dynamic routing only) computes the votes `vote_chunk_size` input capsules at a
   time inside the routing loop (`dynamic_routing_chunked`), so the [B, N_in, N_out, D_out] votes
@@ -64,7 +75,7 @@ class DigitCaps(nnx.Module):
 
   def __init__(self, num_in: int, in_dim: int, num_out: int, out_dim: int, routing: str,
                num_iters: int, routing_options: Mapping[str, Any] | None = None,
-               vote_chunk_size: int | None = None, *, rngs: nnx.Rngs):
+               vote_chunk_size: int | None = None, *, bias: bool = False, rngs: nnx.Rngs):
     options = dict(routing_options or {})
     routing_lib.check_options(routing, options)
     routing_lib.check_vote_chunking(routing, vote_chunk_size)
@@ -72,6 +83,8 @@ class DigitCaps(nnx.Module):
     self.routing_params = nnx.Dict({
         k: nnx.Param(v) for k, v in
         routing_lib.init_params(routing, rngs.params(), num_in, num_out, out_dim).items()})
+    if bias:  # the official variant: s_j + b_j inside the rule (it must accept `bias`)
+      self.routing_params["bias"] = nnx.Param(jnp.zeros((num_out, out_dim)))
     self.rule = routing_lib.info(routing)
     self.num_iters = num_iters
     self.options = options

@@ -13,6 +13,9 @@ from capsjax.layers import Conv2D, Decoder, DigitCaps, PrimaryCaps
 from capsjax.squash import safe_length
 
 
+VARIANTS = ("paper", "official")
+
+
 class CapsNetOutput(NamedTuple):
   """CapsNet outputs.
 
@@ -21,11 +24,15 @@ class CapsNetOutput(NamedTuple):
       routing rule that carries them (em, inverted_dot_product).
     v: [B, classes, digit_dim] DigitCaps.
     reconstructions: [B, H, W, C] decoder output in [0, 1].
+    couplings: [B, N_primary, classes] the routing rule's final coupling coefficients c_ij
+      (Eq. 3; assignment probabilities for EM). Primary capsule i = (row * OW + col) *
+      primary_channels + type on the `CapsNet.primary_grid` (OH, OW, primary_channels).
   """
 
   lengths: jnp.ndarray
   v: jnp.ndarray
   reconstructions: jnp.ndarray
+  couplings: jnp.ndarray | None = None
 
 
 def _is_concrete(x: Any) -> bool:
@@ -55,6 +62,13 @@ class CapsNet(nnx.Module):
   the decoder sees the true class's capsule (training); without, the highest-scoring one (testing).
   `routing` names a registered rule (`capsjax.routing.available()`), `routing_options` its keyword
   options; `vote_chunk_size` switches dynamic routing to the memory-efficient chunked votes.
+
+  `variant="official"` builds what the official TF1 code computes where it differs from the
+  paper (Sarasra/models, research/capsules): PrimaryCaps squash(conv / 32 + b) without a conv
+  bias; DigitCaps s_j + b_j before the squash in every routing iteration; truncated-normal
+  weights (stddev 0.05 for Conv1, 0.1 elsewhere) and every bias 0.1; and (in the loss,
+  `capsjax.archs.capsnet`) the margin loss halved and averaged over the classes. Needs routing
+  "dynamic" and no vote chunking.
   """
 
   def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
@@ -63,13 +77,20 @@ class CapsNet(nnx.Module):
                digit_dim: int = 16, routing: str = "dynamic", routing_iters: int = 3,
                routing_options: Mapping[str, Any] | None = None,
                vote_chunk_size: int | None = None,
-               decoder_hidden: Sequence[int] = (512, 1024), rngs: nnx.Rngs):
+               decoder_hidden: Sequence[int] = (512, 1024), variant: str = "paper",
+               rngs: nnx.Rngs):
     if len(input_shape) != 3 or min(input_shape) < 1:
       raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
     if num_classes < 2:
       raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
     if routing_iters < 1:
       raise ValueError(f"routing_iters must be >= 1, got {routing_iters}.")
+    if variant not in VARIANTS:
+      raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
+    official = variant == "official"
+    if official and (routing != "dynamic" or vote_chunk_size is not None):
+      raise ValueError(f"variant 'official' needs routing 'dynamic' without vote chunking, got "
+                       f"routing {routing!r}, vote_chunk_size {vote_chunk_size}.")
     h, w, c = input_shape
     h1, w1 = conv.output_size(h, conv_kernel, 1), conv.output_size(w, conv_kernel, 1)
     h2 = conv.output_size(h1, primary_kernel, primary_stride)
@@ -81,12 +102,33 @@ class CapsNet(nnx.Module):
     self.input_shape = tuple(int(s) for s in input_shape)
     self.num_classes = num_classes
     self.num_primary = h2 * w2 * primary_channels
+    self.primary_grid = (h2, w2, primary_channels)
     self.conv1 = Conv2D(c, conv_channels, conv_kernel, 1, rngs=rngs)
     self.primary = PrimaryCaps(conv_channels, primary_channels, primary_dim, primary_kernel,
-                               primary_stride, rngs=rngs)
+                               primary_stride, official=official, rngs=rngs)
     self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, digit_dim, routing,
-                            routing_iters, routing_options, vote_chunk_size, rngs=rngs)
+                            routing_iters, routing_options, vote_chunk_size, bias=official,
+                            rngs=rngs)
     self.decoder = Decoder(num_classes * digit_dim, decoder_hidden, self.input_shape, rngs=rngs)
+    self.variant = variant
+    if official:
+      self._initialise_as_official(rngs)
+
+  def _initialise_as_official(self, rngs: nnx.Rngs) -> None:
+    """The official code's initialisation (`variables.py`, `layers.reconstruction`): weights
+    from a normal truncated at 2 standard deviations (0.05 for Conv1, 0.1 for the others),
+    every bias 0.1."""
+    def normal(std: float, shape) -> jnp.ndarray:
+      return std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape)
+
+    weights = [(self.conv1.kernel, 0.05), (self.primary.conv.kernel, 0.1), (self.digits.W, 0.1),
+               *((layer.kernel, 0.1) for layer in self.decoder.layers)]
+    for param, std in weights:
+      param[...] = normal(std, param.shape)
+    biases = [self.conv1.bias, self.primary.capsule_bias, self.digits.routing_params["bias"],
+              *(layer.bias for layer in self.decoder.layers)]
+    for param in biases:
+      param[...] = jnp.full(param.shape, 0.1)
 
   def _check_inputs(self, images: jnp.ndarray, labels: jnp.ndarray | None) -> None:
     shape = tuple(jnp.shape(images))
@@ -109,12 +151,17 @@ class CapsNet(nnx.Module):
     self._check_inputs(images, labels)
     x = jax.nn.relu(self.conv1(images))
     u = self.primary(x)
-    v, _, activations = self.digits(u)
+    v, couplings, activations = self.digits(u)
     lengths = safe_length(v) if activations is None else activations
     chosen = labels if labels is not None else jnp.argmax(lengths, axis=-1)
-    mask = jax.nn.one_hot(chosen, self.num_classes, dtype=v.dtype)
-    recon = self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
-    return CapsNetOutput(lengths=lengths, v=v, reconstructions=recon)
+    return CapsNetOutput(lengths=lengths, v=v, reconstructions=self.decode(v, chosen),
+                         couplings=couplings)
+
+  def decode(self, v: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """The decoder (Fig. 2) on DigitCaps `v` [B, classes, digit_dim] masked to `classes` [B]:
+    reconstructions [B, H, W, C] in [0, 1]."""
+    mask = jax.nn.one_hot(classes, self.num_classes, dtype=v.dtype)
+    return self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
 
 
 def count_params(module: nnx.Module) -> int:

@@ -24,6 +24,7 @@ from capsjax.config import get_preset
 from capsjax.model import count_params
 from capsjax.runtime import tune_host_allocator
 from capsjax.train import create_state, train
+from readme_block import replace_block
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- routing-accuracy:start -->", "<!-- routing-accuracy:end -->"
@@ -67,12 +68,7 @@ def table(rows: list[dict], config_name: str) -> str:
 
 def update_readme(text: str, readme_path: Path = README) -> None:
   """Replaces the text between the routing-accuracy markers of `readme_path` with `text`."""
-  readme = readme_path.read_text()
-  if START not in readme or END not in readme:
-    raise SystemExit(f"routing_accuracy: error: {readme_path} has no {START} ... {END} block")
-  head, rest = readme.split(START, 1)
-  _, tail = rest.split(END, 1)
-  readme_path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+  replace_block(readme_path, START, END, text, "routing_accuracy")
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 
 import routing_accuracy  # noqa: E402
 import routing_cost  # noqa: E402
+import table1  # noqa: E402
 
 TINY = ["--max-steps", "3", "--batch-size", "8", "--train-examples", "256",
         "--test-examples", "32", "--checkpoint-every", "3", "--no-progress"]
@@ -103,3 +104,36 @@ def test_routing_accuracy_trains_each_rule_and_fills_the_readme_table(tmp_path, 
   text = readme.read_text()
   assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
   assert "| `uniform` |" in text and "| `self_attention` |" in text
+
+
+def test_table1_runs_rows_skips_finished_ones_and_refuses_mixed_settings(tmp_path, data_dir,
+                                                                          capsys):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{table1.START}\nold\n{table1.END}\noutro\n")
+  tiny = json.dumps({"conv_channels": 16, "primary_channels": 4, "primary_dim": 4,
+                     "digit_dim": 6, "decoder_hidden": [32, 64]})
+  args = ["--data-dir", data_dir, "--rows", "r1,r3_recon_official", "--seeds", "2",
+          "--set", "max_steps=2", "--set", "batch_size=8", "--set", f"model={tiny}",
+          "--train-examples", "64", "--test-examples", "16", "--out", str(tmp_path / "t1"),
+          "--no-progress", "--update-readme", str(readme)]
+  assert table1.main(args) == 0
+  results = json.loads((tmp_path / "t1" / "quick" / "results.json").read_text())
+  assert sorted((r["row"], r["seed"]) for r in results) == [
+      ("r1", 0), ("r1", 1), ("r3_recon_official", 0), ("r3_recon_official", 1)]
+  r1 = [r for r in results if r["row"] == "r1"]
+  official = [r for r in results if r["row"] == "r3_recon_official"]
+  assert r1[0]["config"]["recon_weight"] == 0.0 and r1[0]["config"]["routing_iters"] == 1
+  assert official[0]["config"]["model"]["variant"] == "official"
+  assert official[0]["config"]["model"]["digit_dim"] == 6  # --set model merged with the row's
+  # Without the reconstruction loss the decoder's parameters are not counted (paper: 6.8M).
+  assert r1[0]["params"] < official[0]["params"]
+  assert {r["seed"] for r in r1} == {0, 1} and all(r["steps"] == 2 for r in results)
+  text = readme.read_text()
+  assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+  assert "| CapsNet, routing 1, no reconstruction |" in text and "0.34% ± 0.032" in text
+  capsys.readouterr()
+  assert table1.main(args) == 0  # everything measured: nothing is trained again
+  assert capsys.readouterr().out.count("skipping") == 4
+  with pytest.raises(ValueError, match="measured with another config"):
+    table1.main([*args[:args.index("max_steps=2")], "max_steps=3",
+                 *args[args.index("max_steps=2") + 1:]])

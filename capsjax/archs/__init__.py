@@ -1,14 +1,15 @@
-"""The networks the training loop can train, by name: `capsnet` (the paper's CapsNet, default).
-See `base.Arch` for what each provides."""
+"""The networks the training loop can train, by name: `capsnet` (the paper's CapsNet, default)
+and `baseline` (the paper's baseline CNN, §5). See `base.Arch` for what each provides."""
 
 import inspect
 from typing import Any
 
 from capsjax.archs.base import Arch, LossFn, Losses, Outputs
+from capsjax.archs.baseline import ARCH as _BASELINE
 from capsjax.archs.capsnet import ARCH as _CAPSNET
 
 DEFAULT = "capsnet"
-_ARCHS = {a.name: a for a in (_CAPSNET,)}
+_ARCHS = {a.name: a for a in (_CAPSNET, _BASELINE)}
 
 # Constructor arguments set by the data (input_shape, num_classes) or by the loop.
 _NOT_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "vote_chunk_size")

@@ -1,7 +1,7 @@
 """What the training loop needs from a network: the `Arch` record of pure functions.
 
 The loop (`capsjax.train`) never asks which network it trains. Everything that differs between
-networks (how the network is built from the config, its loss and
+CapsNet and the paper's baseline CNN (how the network is built from the config, its loss and
 logged loss terms, its test-time outputs) comes from the network's `Arch`, looked up by the
 `arch` name a run records (`capsjax.archs.get`).
 """
@@ -21,11 +21,14 @@ class Outputs(NamedTuple):
     capsules: [B, K, D] class capsules, or None for a network without capsules.
     reconstructions: [B, H, W, C] in [0, 1] decoded from the predicted class, or None for a
       network without a decoder.
+    couplings: [B, N_in, K] final routing coefficients from the input capsules to the class
+      capsules, or None for a network without routing.
   """
 
   scores: jnp.ndarray
   capsules: jnp.ndarray | None
   reconstructions: jnp.ndarray | None
+  couplings: jnp.ndarray | None = None
 
 
 class Losses(NamedTuple):

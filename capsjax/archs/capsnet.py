@@ -30,13 +30,18 @@ def loss(config) -> LossFn:
 def loss_fn(recon_weight: float = losses.RECONSTRUCTION_WEIGHT) -> LossFn:
   """Per example: margin loss + recon_weight x the reconstruction's summed squared error.
 
-  Training masks the decoder by the true class, evaluation by the predicted one (§4.1).
+  Training masks the decoder by the true class, evaluation by the predicted one (§4.1). For
+  `CapsNet(variant="official")` the margin loss is the official code's: 0.5 x Eq. 4 per class,
+  averaged over the K classes (`_margin_loss` + `reduce_mean` over batch and classes), i.e.
+  Eq. 4's sum / 2K, so the reconstruction term weighs 2K = 20 times more than in Eq. 4.
   """
 
   def fn(model: CapsNet, images, labels, *, train: bool, key=None) -> Losses:
     del key  # CapsNet has no randomness
     out = model(images, labels if train else None)
     margin = losses.margin_loss(out.lengths, jax.nn.one_hot(labels, model.num_classes))
+    if model.variant == "official":
+      margin = margin / (2 * model.num_classes)
     recon = losses.reconstruction_loss(out.reconstructions, images)
     return Losses(margin + recon_weight * recon,
                   {"margin_loss": margin, "reconstruction_loss": recon}, out.lengths)
@@ -46,7 +51,7 @@ def loss_fn(recon_weight: float = losses.RECONSTRUCTION_WEIGHT) -> LossFn:
 
 def outputs(model: CapsNet, images: jnp.ndarray) -> Outputs:
   out = model(images)
-  return Outputs(out.lengths, out.v, out.reconstructions)
+  return Outputs(out.lengths, out.v, out.reconstructions, out.couplings)
 
 
 ARCH = Arch(name="capsnet", model_class=CapsNet, config_keys=CONFIG_KEYS, create=create,

@@ -20,7 +20,7 @@ def _couplings(b: jnp.ndarray, leaky: bool) -> jnp.ndarray:
 
 @register("dynamic", paper="Sabour, Frosst & Hinton 2017, Procedure 1 (Eqs. 1-3)")
 def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bool = False,
-                    leaky: bool = False) -> RoutingResult:
+                    leaky: bool = False, bias: jnp.ndarray | None = None) -> RoutingResult:
   """Procedure 1 for one example.
 
   b = 0; repeat num_iters times: c = softmax_j(b) (Eq. 3); s_j = sum_i c_ij u_hat_j|i (Eq. 2);
@@ -33,6 +33,8 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
       iterations (the logits b become constants); the default lets gradients flow through every
       iteration, as the official code does.
     leaky: if True, use the official code's leaky routing (extra zero logit in the softmax).
+    bias: [N_out, D_out] added to s_j before every squash (the official code's DigitCaps bias;
+      `CapsNet(variant="official")` learns it); None: the paper's s_j.
 
   Returns:
     RoutingResult(v [N_out, D_out], c [N_in, N_out]) with the couplings of the last iteration.
@@ -41,7 +43,8 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
   b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
   for it in range(num_iters):
     c = _couplings(b, leaky)
-    v = squash(weighted_sum(c, u_hat))
+    s = weighted_sum(c, u_hat)
+    v = squash(s if bias is None else s + bias)
     if it < num_iters - 1:
       agreement = jnp.einsum("ijd,jd->ij", u_hat, v)
       b = b + (jax.lax.stop_gradient(agreement) if stop_gradient else agreement)

@@ -216,7 +216,9 @@ def init_params(name: str, key: jax.Array, num_in: int, num_out: int, dim: int
 
 def _options(rule: RuleInfo) -> dict[str, Any]:
   """{option: default} of the rule's keyword-only arguments the user sets (in signature order)."""
-  supplied = {"num_iters", "activations"} | set(_param_shapes(rule))
+  # Supplied by the layer: activations (rules registered with uses_activations) and bias (the
+  # official variant's DigitCaps bias, for rules that accept one).
+  supplied = {"num_iters", "activations", "bias"} | set(_param_shapes(rule))
   return {k: "(required)" if p.default is inspect.Parameter.empty else p.default
           for k, p in inspect.signature(rule.fn).parameters.items()
           if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in supplied}

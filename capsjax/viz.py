@@ -1,0 +1,400 @@
+"""`capsjax viz`: what a trained network learnt, drawn from its checkpoint as PNGs.
+
+    capsjax viz --workdir runs/hour --data-dir ../shared/tensorflow_datasets --out figures/
+
+- reconstructions (the paper's Fig. 3): test images above their reconstructions, decoded from the
+  predicted class's capsule, with the true and predicted class; misclassified ones included.
+- perturbations (Fig. 4): one test digit of each class (or `--digit K`), each of its capsule's
+  dimensions moved by -0.25 to 0.25 in steps of 0.05 and decoded; one row per dimension.
+- routing: the final coupling coefficients c_ij (Eq. 3) of one test image to its predicted class
+  over the primary-capsule grid (for MNIST 6x6 positions x 32 types), and the mean coupling from
+  each primary-capsule type to each class over the test set.
+- confusion: the test set's confusion matrix.
+- curves: the training curves of metrics.jsonl.
+
+The numbers of each figure come from a pure function here (tested); the `draw_*` functions only
+plot them. Figures that need capsules or routing are skipped, with the reason, for the baseline.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+FIGURES = ("reconstructions", "perturbations", "routing", "confusion", "curves")
+OFFSETS = tuple(float(x) for x in np.round(np.linspace(-0.25, 0.25, 11), 2))  # Fig. 4
+
+
+class TestSetPass(NamedTuple):
+  """A trained network's outputs over a test split (N images, K classes).
+
+  Attributes:
+    labels, predictions: [N] int.
+    capsules: [N, K, D] class capsules, or None (no capsules).
+    reconstructions: [N, H, W, C] in [0, 1], or None (no decoder).
+    type_coupling: [types, K] the mean over images and grid positions of the coupling from
+      each primary-capsule type to each class, or None (no routing).
+  """
+
+  labels: np.ndarray
+  predictions: np.ndarray
+  capsules: np.ndarray | None
+  reconstructions: np.ndarray | None
+  type_coupling: np.ndarray | None
+
+
+def primary_grid(model) -> tuple[int, int, int] | None:
+  """(OH, OW, types) of the primary capsules of a `capsjax.api.TrainedModel`, None if none."""
+  grid = getattr(model.model, "primary_grid", None)
+  return None if grid is None else tuple(grid)
+
+
+def coupling_by_type(couplings: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+  """Couplings [B, OH*OW*types, K] summed over images and positions -> [types, K]."""
+  oh, ow, types = grid
+  return couplings.reshape(couplings.shape[0], oh * ow, types, -1).sum(axis=(0, 1))
+
+
+def coupling_map(couplings: np.ndarray, grid: tuple[int, int, int], cls: int) -> np.ndarray:
+  """One image's couplings [OH*OW*types, K] to class `cls` as [types, OH, OW] maps."""
+  oh, ow, types = grid
+  return couplings[:, cls].reshape(oh, ow, types).transpose(2, 0, 1)
+
+
+def run_test_set(model, images: np.ndarray, labels: np.ndarray, progress: bool = True
+                 ) -> TestSetPass:
+  """`model` (a `capsjax.api.TrainedModel`) over `images` [N, H, W, C], in its batches."""
+  grid = primary_grid(model)
+  predictions, capsules, reconstructions, coupling = [], [], [], None
+  starts = range(0, len(images), model.batch_size)
+  for start in tqdm(starts, unit="batch", desc="viz: test set", disable=not progress,
+                    dynamic_ncols=True, leave=False):
+    out = model.outputs(images[start:start + model.batch_size])
+    predictions.append(np.argmax(out.scores, -1))
+    if out.capsules is not None:
+      capsules.append(out.capsules)
+    if out.reconstructions is not None:
+      reconstructions.append(out.reconstructions)
+    if out.couplings is not None and grid is not None:
+      part = coupling_by_type(out.couplings, grid)
+      coupling = part if coupling is None else coupling + part
+  if coupling is not None:
+    coupling = coupling / (len(images) * grid[0] * grid[1])
+  return TestSetPass(np.asarray(labels), np.concatenate(predictions),
+                     np.concatenate(capsules) if capsules else None,
+                     np.concatenate(reconstructions) if reconstructions else None, coupling)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int
+                     ) -> np.ndarray:
+  """[K, K] counts: row = true class, column = predicted class."""
+  flat = np.asarray(labels) * num_classes + np.asarray(predictions)
+  return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def pick_examples(labels: np.ndarray, predictions: np.ndarray, num_correct: int = 8,
+                  num_wrong: int = 4) -> np.ndarray:
+  """Indices of the first `num_correct` correctly and the first `num_wrong` wrongly classified
+  examples (fewer where there are fewer)."""
+  right = np.flatnonzero(labels == predictions)[:num_correct]
+  wrong = np.flatnonzero(labels != predictions)[:num_wrong]
+  return np.concatenate([right, wrong]).astype(int)
+
+
+def digit_examples(labels: np.ndarray, predictions: np.ndarray, classes) -> dict[int, int]:
+  """{class: index of its first correctly classified test example (else its first example)}."""
+  chosen = {}
+  for k in classes:
+    of_class = np.flatnonzero(labels == k)
+    right = of_class[predictions[of_class] == k]
+    if len(of_class):
+      chosen[int(k)] = int(right[0] if len(right) else of_class[0])
+  return chosen
+
+
+def perturbations(model, capsules: np.ndarray, cls: int, offsets=OFFSETS,
+                  dims: int | None = None) -> np.ndarray:
+  """Fig. 4: decode `capsules` [K, D] with dimension d of class `cls` moved by each offset.
+
+  Returns:
+    [dims, len(offsets), H, W, C] in [0, 1]; row d, column j decodes capsule `cls` with
+    v[cls, d] += offsets[j] (the decoder masked to `cls`, as at test time).
+  """
+  dims = capsules.shape[-1] if dims is None else dims
+  offsets = np.asarray(offsets, np.float32)
+  v = np.repeat(np.asarray(capsules, np.float32)[None], dims * len(offsets), axis=0)
+  rows = np.repeat(np.arange(dims), len(offsets))
+  v[np.arange(len(v)), cls, rows] += np.tile(offsets, dims)
+  recon = model.decode(v, np.full(len(v), cls))
+  return recon.reshape(dims, len(offsets), *recon.shape[1:])
+
+
+def mosaic(images: np.ndarray, gap: int = 1, fill: float = 1.0) -> np.ndarray:
+  """[R, C, H, W, ch] -> one [R*(H+gap)-gap, C*(W+gap)-gap(, ch)] image; gaps hold `fill`."""
+  r, c, h, w, ch = images.shape
+  out = np.full((r * (h + gap) - gap, c * (w + gap) - gap, ch), fill, np.float32)
+  for i in range(r):
+    for j in range(c):
+      out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = images[i, j]
+  return out[..., 0] if ch == 1 else out
+
+
+def training_curves(path: Path) -> tuple[list[dict], list[dict]]:
+  """(train records, test records) of a metrics.jsonl by step; a resumed run's repeated steps
+  keep their last record."""
+  train, test = {}, {}
+  for line in Path(path).read_text().splitlines():
+    record = json.loads(line)
+    (train if record["split"] == "train" else test)[record["step"]] = record
+  return [train[k] for k in sorted(train)], [test[k] for k in sorted(test)]
+
+
+# ---- drawing (matplotlib, imported on first use: an optional dependency) --------------------
+
+def _pyplot():
+  try:
+    import matplotlib
+  except ImportError:
+    raise ValueError("capsjax viz draws with matplotlib, which is not installed; "
+                     "pip install 'capsjax[plot]'.") from None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _show(ax, image: np.ndarray, **kwargs) -> None:
+  image = np.asarray(image, np.float32)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  ax.imshow(image, cmap="gray", vmin=0, vmax=1, **kwargs)
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def draw_reconstructions(images, result: TestSetPass, indices, path: Path, title: str) -> None:
+  plt = _pyplot()
+  n = len(indices)
+  fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.9), squeeze=False)
+  for col, i in enumerate(indices):
+    wrong = result.labels[i] != result.predictions[i]
+    _show(axes[0, col], images[i] / 255.0 if images.dtype == np.uint8 else images[i])
+    _show(axes[1, col], result.reconstructions[i])
+    axes[0, col].set_title(f"true {result.labels[i]}\npred {result.predictions[i]}", fontsize=8,
+                           color="red" if wrong else "black")
+  axes[0, 0].set_ylabel("input", fontsize=8)
+  axes[1, 0].set_ylabel("reconstruction", fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def draw_perturbations(grids: dict[int, np.ndarray], path: Path, title: str,
+                       offsets=OFFSETS) -> None:
+  plt = _pyplot()
+  cols = min(len(grids), 5)
+  rows = -(-len(grids) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 4.4 * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, (k, grid) in zip(axes.flat, grids.items()):
+    ax.axis("on")
+    _show(ax, mosaic(grid))
+    h, w = grid.shape[2:4]
+    ax.set_xticks([j * (w + 1) + w / 2 for j in range(0, len(offsets), 5)])
+    ax.set_xticklabels([f"{offsets[j]:+.2f}" for j in range(0, len(offsets), 5)], fontsize=7)
+    ax.set_yticks([d * (h + 1) + h / 2 for d in range(0, grid.shape[0], 3)])
+    ax.set_yticklabels([f"dim {d}" for d in range(0, grid.shape[0], 3)], fontsize=7)
+    ax.set_title(f"digit {k}", fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def draw_routing(image, maps: np.ndarray, cls: int, label: int, type_coupling: np.ndarray,
+                 path: Path, title: str) -> None:
+  """maps [types, OH, OW] of one image; type_coupling [types, K] over the test set."""
+  plt = _pyplot()
+  types = maps.shape[0]
+  tiles_per_row = 8
+  tile_rows = -(-types // tiles_per_row)
+  padded = np.full((tile_rows * tiles_per_row, *maps.shape[1:]), np.nan)
+  padded[:types] = maps
+  sheet = mosaic(padded.reshape(tile_rows, tiles_per_row, *maps.shape[1:], 1), fill=np.nan)
+  fig = plt.figure(figsize=(15, 4.6))
+  grid = fig.add_gridspec(1, 3, width_ratios=[1, 3.2, 2.2])
+  ax_img, ax_map, ax_type = (fig.add_subplot(grid[0, i]) for i in range(3))
+  _show(ax_img, image / 255.0 if image.dtype == np.uint8 else image)
+  ax_img.set_title(f"test image (true {label}, predicted {cls})", fontsize=9)
+  shown = ax_map.imshow(sheet, cmap="viridis")
+  ax_map.set_xticks([])
+  ax_map.set_yticks([])
+  ax_map.set_title(f"c_ij to class {cls}: {types} primary-capsule types (tiles, type 0 top left)"
+                   f" x {maps.shape[1]}x{maps.shape[2]} positions", fontsize=9)
+  fig.colorbar(shown, ax=ax_map, fraction=0.03)
+  shown = ax_type.imshow(type_coupling, cmap="viridis", aspect="auto")
+  ax_type.set_xlabel("class")
+  ax_type.set_ylabel("primary-capsule type")
+  ax_type.set_xticks(range(type_coupling.shape[1]))
+  ax_type.set_title("mean coupling over the test set", fontsize=9)
+  fig.colorbar(shown, ax=ax_type, fraction=0.05)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def draw_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
+  plt = _pyplot()
+  k = matrix.shape[0]
+  fig, ax = plt.subplots(figsize=(6.4, 5.6))
+  off = matrix.astype(float).copy()
+  np.fill_diagonal(off, np.nan)
+  shown = ax.imshow(off, cmap="Reds")
+  for i in range(k):
+    for j in range(k):
+      if matrix[i, j]:
+        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                color="black" if i != j else "dimgray")
+  ax.set_xticks(range(k))
+  ax.set_yticks(range(k))
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+  errors = int(matrix.sum() - np.trace(matrix))
+  ax.set_title(f"{title}\n{errors} errors in {int(matrix.sum())} test images "
+               "(colour: off-diagonal counts)", fontsize=9)
+  fig.colorbar(shown, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def draw_curves(train: list[dict], test: list[dict], path: Path, title: str) -> None:
+  plt = _pyplot()
+  steps = [r["step"] for r in train]
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  ax_loss.plot(steps, [r["loss"] for r in train], label="total")
+  if train and "margin_loss" in train[0]:
+    ax_loss.plot(steps, [r["margin_loss"] for r in train], label="margin")
+  ax_loss.set_yscale("log")
+  ax_loss.set_xlabel("step")
+  ax_loss.set_title("train loss (per example)")
+  ax_loss.legend()
+  ax_acc.plot(steps, [100 * r["train_accuracy"] for r in train], label="train (batch)", alpha=0.6)
+  if test:
+    ax_acc.plot([r["step"] for r in test], [100 * r["test_accuracy"] for r in test], "o-",
+                label="test (full split)")
+    last = test[-1]
+    ax_acc.annotate(f"{100 * last['test_accuracy']:.2f}%",
+                    (last["step"], 100 * last["test_accuracy"]), textcoords="offset points",
+                    xytext=(-40, -15))
+  ax_acc.set_ylim(90, 100)
+  ax_acc.set_xlabel("step")
+  ax_acc.set_title("accuracy (%)")
+  ax_acc.grid(alpha=0.3)
+  ax_acc.legend(loc="lower right")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def check_figures(names: list[str]) -> list[str]:
+  unknown = [n for n in names if n not in FIGURES]
+  if unknown:
+    raise ValueError(f"unknown figure {unknown[0]!r}; expected some of {', '.join(FIGURES)}.")
+  return names
+
+
+def render(workdir: str, data_dir: str | None, out: str | None = None,
+           figures: list[str] | None = None, digit: int | None = None, dims: int | None = None,
+           step: int | None = None, test_examples: int | None = None, image: int = 0,
+           progress: bool = True, report=print) -> dict[str, Any]:
+  """Draws `figures` (default all) of the checkpoint `step` (default newest) of `workdir` into
+  `out` (default WORKDIR/figures). Returns {figure: PNG path, or "skipped: <reason>"}.
+
+  Raises ValueError (one line) for bad input: a workdir without checkpoints, an unknown figure,
+  `digit` outside the classes, `dims` outside 1..the capsules' dimension count.
+  """
+  from capsjax import api, archs, data
+
+  figures = check_figures(list(figures or FIGURES))
+  model = api.load(workdir, step)
+  k = model.num_classes
+  if digit is not None and not 0 <= digit < k:
+    raise ValueError(f"--digit must be a class in 0..{k - 1}, got {digit}.")
+  has_capsules = getattr(model.model, "decode", None) is not None
+  capsule_dim = (int(model.settings.get("digit_dim", archs.model_options()["digit_dim"]))
+                 if has_capsules else None)
+  if dims is not None and has_capsules and not 1 <= dims <= capsule_dim:
+    raise ValueError(f"--dims must be between 1 and {capsule_dim} (the checkpoint's class "
+                     f"capsules have {capsule_dim} dimensions), got {dims}.")
+  out_dir = Path(out) if out else Path(workdir) / "figures"
+  if out_dir.exists() and not out_dir.is_dir():
+    raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory.")
+  needs_data = [f for f in figures if f != "curves"]
+  split = None
+  if needs_data:
+    data.resolve_data_dir(data_dir)
+    split = data.load_split(model.config.dataset, "test", data_dir, limit=test_examples)
+    if not 0 <= image < len(split):
+      raise ValueError(f"--image must be a test index in 0..{len(split) - 1}, got {image}.")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  name = f"{Path(workdir).name} ({model.arch.name}, step {model.step})"
+  result = run_test_set(model, split.images, split.labels, progress) if needs_data else None
+  done: dict[str, Any] = {}
+
+  def skip(fig: str, why: str) -> None:
+    done[fig] = f"skipped: {why}"
+    report(f"{fig}: skipped, {why}.")
+
+  for fig in figures:
+    path = out_dir / f"{fig}.png"
+    if fig == "reconstructions":
+      if result.reconstructions is None:
+        skip(fig, f"arch {model.arch.name!r} has no decoder")
+        continue
+      draw_reconstructions(split.images, result, pick_examples(result.labels, result.predictions),
+                           path, f"{name}: test images (top) and reconstructions (bottom); red: "
+                                 "misclassified")
+    elif fig == "perturbations":
+      if result.capsules is None or not has_capsules:
+        skip(fig, f"arch {model.arch.name!r} has no capsules")
+        continue
+      chosen = digit_examples(result.labels, result.predictions,
+                              range(k) if digit is None else [digit])
+      grids = {c: perturbations(model, result.capsules[i], c, dims=dims)
+               for c, i in chosen.items()}
+      draw_perturbations(grids, path, f"{name}: each row one capsule dimension moved by "
+                                      "-0.25..+0.25 (step 0.05)")
+    elif fig == "routing":
+      grid = primary_grid(model)
+      if result.type_coupling is None or grid is None:
+        skip(fig, f"arch {model.arch.name!r} has no routing")
+        continue
+      one = model.outputs(split.images[image:image + 1])
+      cls = int(np.argmax(one.scores[0]))
+      draw_routing(split.images[image], coupling_map(one.couplings[0], grid, cls), cls,
+                   int(split.labels[image]), result.type_coupling, path,
+                   f"{name}: routing ({model.config.routing}, {model.config.routing_iters} "
+                   "iterations), last iteration's couplings")
+    elif fig == "confusion":
+      draw_confusion(confusion_matrix(result.labels, result.predictions, k), path,
+                     f"{name}: confusion matrix")
+    elif fig == "curves":
+      metrics = Path(workdir) / "metrics.jsonl"
+      if not metrics.is_file():
+        skip(fig, f"{metrics} does not exist")
+        continue
+      train, test = training_curves(metrics)
+      if not train:
+        skip(fig, f"{metrics} has no training records")
+        continue
+      draw_curves(train, test, path, f"{name}: training curves")
+    done[fig] = str(path)
+  return done
