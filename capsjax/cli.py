@@ -46,7 +46,8 @@ def _build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   t = sub.add_parser("train", help="train (or resume) a CapsNet or the baseline CNN",
                      parents=[common])
-  t.add_argument("--config", default="quick", help="preset: quick (CPU) or paper (GPU)")
+  t.add_argument("--config", default="quick",
+                 help="preset: quick, hour (CPU) or paper, baseline (GPU); capsjax/configs/")
   t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
   t.add_argument("--dataset", default=None, help=f"one of {', '.join(data.SUPPORTED_DATASETS)}")
