@@ -81,7 +81,8 @@ def _held_background_errors():
   the save raises: absl ERROR records with tracebacks, and "RuntimeError: Event loop is closed"
   from TensorStore's callbacks for the writes still in flight (Orbax's loop is gone), one
   traceback each, during the save and for a while after it. If the save succeeds, what was held
-  is passed on; if it fails, the records are dropped and so are closed-loop reports from then on.
+  is passed on; if it fails, the records are dropped and so are closed-loop reports, and
+  asyncio's reports of the save's never-retrieved write tasks, from then on.
   """
   records, unraisable = [], []
   logger = logging.getLogger("absl")
@@ -103,6 +104,7 @@ def _held_background_errors():
       if not _is_closed_loop_report(args):
         previous_hook(args)
     _drop_closed_loop_reports()
+    logging.getLogger("asyncio").addFilter(_unretrieved_task_report)
     raise
   finally:
     logger.removeFilter(hold)
@@ -116,6 +118,12 @@ def _held_background_errors():
 def _is_closed_loop_report(args) -> bool:
   return (isinstance(args.exc_value, RuntimeError)
           and str(args.exc_value) == "Event loop is closed")
+
+
+def _unretrieved_task_report(record: logging.LogRecord) -> bool:
+  """False (drop) for asyncio's "Task exception was never retrieved" about the writes of a
+  failed save, logged whenever the task is collected, possibly after the one error line."""
+  return not str(record.msg).startswith("Task exception was never retrieved")
 
 
 def _drop_closed_loop_reports() -> None:
