@@ -122,11 +122,10 @@ def _setting_default(key: str, arch: str = archs.DEFAULT) -> Any:
   return config_lib.model_options(arch).get(key)
 
 
-def _differences(saved: dict[str, Any], now: dict[str, Any], keys, arch: str = archs.DEFAULT
-                 ) -> list[str]:
+def _differences(saved: dict[str, Any], now: dict[str, Any], keys) -> list[str]:
   """"name: checkpoint X vs now Y" for each of `keys` that differs (missing = default; model
-  options default to those of `arch`'s network)."""
-  value = lambda d, k: d[k] if k in d else _setting_default(k, d.get("arch", arch))
+  options default to those of the dict's own arch)."""
+  value = lambda d, k: d[k] if k in d else _setting_default(k, d.get("arch", archs.DEFAULT))
   return [f"{k}: checkpoint {value(saved, k)!r} vs now {value(now, k)!r}" for k in sorted(keys)
           if value(saved, k) != value(now, k)]
 

@@ -34,7 +34,7 @@ from capsjax.config import TrainConfig, get_preset
 from capsjax.interrupt import TrainingInterrupted
 from capsjax.model import count_params
 from capsjax.runtime import tune_host_allocator
-from capsjax.train import create_model, model_settings, train
+from capsjax.train import create_model, train
 from readme_block import replace_block
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -103,8 +103,7 @@ def run_one(preset_name: str, row: str, seed: int, config: TrainConfig, workdir:
     record_time()
     raise
   record_time()
-  split = data.load_split(config.dataset, "test", data_dir, limit=1)
-  settings = model_settings(config, split)
+  settings = json.loads((workdir / "config.json").read_text())["model"]  # what train recorded
   return {**wanted, "test_error": 100 * (1 - result["test_accuracy"]),
           "test_examples": result["test_examples"], "steps": result["step"],
           "seconds": json.loads(marker.read_text())["seconds"],
