@@ -75,6 +75,11 @@ def _build_parser() -> argparse.ArgumentParser:
                  help="steps between train-metric lines in metrics.jsonl")
   t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
   t.add_argument("--keep-checkpoints", type=int, default=None, help="how many to keep")
+  t.add_argument("--pipeline", choices=("auto", "device", "host"), default=None,
+                 help="training data on the device (device), copied per chunk from the host "
+                      "(host), or auto (default: device if it fits in a quarter of its memory)")
+  t.add_argument("--steps-per-dispatch", type=int, default=None, metavar="K",
+                 help="training steps per device dispatch (default: --log-every)")
   t.add_argument("--train-examples", type=int, default=None,
                  help="use only the first N training examples (smoke runs)")
   t.add_argument("--test-examples", type=int, default=None,
@@ -149,7 +154,8 @@ def _train(args) -> dict:
                "vote_chunk_size": args.vote_chunk_size, "seed": args.seed,
                "eval_every": args.eval_every, "log_every": args.log_every,
                "checkpoint_every": args.checkpoint_every,
-               "keep_checkpoints": args.keep_checkpoints}
+               "keep_checkpoints": args.keep_checkpoints, "pipeline": args.pipeline,
+               "steps_per_dispatch": args.steps_per_dispatch}
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if args.model:
     overrides["model"] = {**config.model, **_key_values(args.model, "--model", "digit_dim=8")}

@@ -8,6 +8,7 @@ from typing import Any
 from capsjax import archs
 from capsjax import configs as _configs_pkg
 from capsjax.kinds import kind_name, same_kind
+from capsjax.pipeline import PIPELINES
 from capsjax import routing as routing_lib
 
 
@@ -43,6 +44,12 @@ class TrainConfig:
   eval_batch_size: int | None = None  # None: steps.default_eval_batch_size() of the backend
   checkpoint_every: int = 1000  # steps between checkpoints; one is always written at the end
   keep_checkpoints: int = 3
+  # Training data on the device ("device"), host batches copied per chunk ("host"), or "auto":
+  # the device when the split fits in a quarter of its memory (capsjax/pipeline.py).
+  pipeline: str = "auto"
+  # Training steps per dispatch to the device (one compiled loop; their metrics come back in one
+  # transfer); None: log_every. Chunks also end at every log, eval and checkpoint step.
+  steps_per_dispatch: int | None = None
 
   def __post_init__(self):
     if isinstance(self.routing, str) and ":" in self.routing:
@@ -58,10 +65,12 @@ class TrainConfig:
     for name in positive:
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-    for name in ("epochs", "max_steps", "eval_batch_size"):
+    for name in ("epochs", "max_steps", "eval_batch_size", "steps_per_dispatch"):
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}.")
+    if self.pipeline not in PIPELINES:
+      raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}.")
     if self.epochs is None and self.max_steps is None:
       raise ValueError("set epochs or max_steps (the run length).")
     if not 0 < self.decay_rate <= 1:

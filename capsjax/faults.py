@@ -58,6 +58,16 @@ def _pause(until: Callable[[], bool]) -> None:
     time.sleep(0.02)
 
 
+def chunk_boundaries() -> set[int]:
+  """Steps at which a chunk of training steps (several per dispatch) must end for the hooks: the
+  pause after step N, and step N - 1 so that the NaN can be injected before step N."""
+  steps = set()
+  for variable, offset in ((PAUSE_AFTER_STEP, 0), (NAN_AT_STEP, -1)):
+    if os.environ.get(variable):
+      steps.add(int(os.environ[variable]) + offset)
+  return steps
+
+
 def pause_after_step(step: int, stop_requested: Callable[[], bool]) -> None:
   """Waits after `step` until `stop_requested()` (a signal arrived) when the hook names it."""
   if _at(PAUSE_AFTER_STEP, step):

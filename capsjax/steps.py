@@ -103,18 +103,14 @@ def _checking_labels(jitted: Callable, graphdef: Any) -> Callable:
   return step
 
 
-def make_train_step(graphdef: Any, loss_fn: LossFn, transform: Transform | None = None):
-  """Returns jitted `step(state, images uint8 [B,H,W,C], labels [B], key) -> (state, metrics)`.
+def _train_update(graphdef: Any, loss_fn: LossFn, transform: Transform | None):
+  """The pure training step `(state, images, labels, key) -> (state, metrics)` (see
+  `make_train_step`), shared by the one-step and the many-step (`make_train_chunk`) programs."""
 
-  `state` is `nnx.split((model, optimizer))[1]` and is donated; `loss_fn` is the network's
-  (`capsjax.archs.get(name).loss(config)`), `transform` the data augmentation (None: none).
-  `key` feeds the transform and, folded, the loss (dropout). `metrics.finite` is 0 when the
-  loss or any gradient is NaN/Inf (the update is applied regardless: the caller must stop).
-  Labels outside [0, num_classes) raise ValueError before the step runs.
-  """
-
-  def step(state, images, labels, key):
-    model, optimizer = nnx.merge(graphdef, state)
+  def update(state, images, labels, key):
+    # copy=True: the update must leave `state` itself unchanged (a chunk keeps it when the step
+    # turns out non-finite); merging without it would share and mutate its Variables.
+    model, optimizer = nnx.merge(graphdef, state, copy=True)
     x = to_float(images)
     if transform is not None:
       x, labels = transform(key, x, labels)
@@ -129,7 +125,79 @@ def make_train_step(graphdef: Any, loss_fn: LossFn, transform: Transform | None 
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), metrics
 
-  return _checking_labels(jax.jit(step, donate_argnums=0), graphdef)
+  return update
+
+
+def make_train_step(graphdef: Any, loss_fn: LossFn, transform: Transform | None = None):
+  """Returns jitted `step(state, images uint8 [B,H,W,C], labels [B], key) -> (state, metrics)`.
+
+  `state` is `nnx.split((model, optimizer))[1]` and is donated; `loss_fn` is the network's
+  (`capsjax.archs.get(name).loss(config)`), `transform` the data augmentation (None: none).
+  `key` feeds the transform and, folded, the loss (dropout). `metrics.finite` is 0 when the
+  loss or any gradient is NaN/Inf (the update is applied regardless: the caller must stop).
+  Labels outside [0, num_classes) raise ValueError before the step runs.
+  """
+  update = _train_update(graphdef, loss_fn, transform)
+  return _checking_labels(jax.jit(update, donate_argnums=0), graphdef)
+
+
+class ChunkResult(NamedTuple):
+  """What a `make_train_chunk` program returns besides the state, in one transfer.
+
+  `metrics` has a leading axis of `max_steps` (the chunk's capacity); rows from `steps_run` on
+  are zeros. `bad_step` is the 1-based global step whose loss or gradient was non-finite (its
+  update was not applied and the chunk stopped there), or 0.
+  """
+
+  metrics: StepMetrics
+  steps_run: jnp.ndarray
+  bad_step: jnp.ndarray
+
+
+def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None = None):
+  """Returns jitted `chunk(state, images [N,H,W,C], labels [N], indices [K,B] int, first_step,
+  num_steps, base_key) -> (state, ChunkResult)`: up to K training steps in one dispatch.
+
+  Step i (0 <= i < num_steps, both scalars on the device, num_steps <= K) trains on
+  `images[indices[i]]` with key `fold_in(base_key, first_step + i)`, exactly the batch and key
+  that `make_train_step` would be given for global step first_step + i. `images`/`labels` are the
+  whole training split resident on the device, or just this chunk's batches (then `indices` is a
+  range). A step whose loss or gradient is non-finite leaves the state as it was and ends the
+  chunk (`ChunkResult.bad_step`), so the returned state is the last good one. One compilation
+  serves every num_steps <= K (a `while_loop`); `state` is donated.
+  """
+  update = _train_update(graphdef, loss_fn, transform)
+
+  def chunk(state, images, labels, indices, first_step, num_steps, base_key):
+    def batch(i):
+      idx = indices[i]
+      return jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
+
+    def key_of(i):
+      return jax.random.fold_in(base_key, first_step + i)
+
+    shapes = jax.eval_shape(update, state, *batch(0), key_of(0))[1]
+    buffer = jax.tree.map(lambda s: jnp.zeros((indices.shape[0], *s.shape), s.dtype), shapes)
+
+    def not_done(carry):
+      _, i, bad, _ = carry
+      return (i < num_steps) & (bad == 0)
+
+    def body(carry):
+      state, i, bad, buffer = carry
+      new_state, metrics = update(state, *batch(i), key_of(i))
+      ok = metrics.finite > 0
+      state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+      buffer = jax.tree.map(lambda b, m: b.at[i].set(m), buffer, metrics)
+      bad = jnp.where(ok, 0, first_step + i + 1).astype(bad.dtype)
+      return state, i + jnp.where(ok, 1, 0).astype(i.dtype), bad, buffer
+
+    zero = jnp.zeros((), jnp.int32)
+    state, steps_run, bad, buffer = jax.lax.while_loop(
+        not_done, body, (state, zero, zero, buffer))
+    return state, ChunkResult(buffer, steps_run, bad)
+
+  return jax.jit(chunk, donate_argnums=0)
 
 
 def make_eval_step(graphdef: Any, loss_fn: LossFn):

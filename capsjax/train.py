@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from capsjax import archs
 from capsjax import config as config_lib
-from capsjax import data, faults, steps
+from capsjax import data, faults, pipeline, steps
 from capsjax import routing as routing_lib
 from capsjax import tensorboard as tensorboard_lib
 from capsjax.augment import shift_transform
@@ -79,9 +79,9 @@ class MetricsWriter:
 
 
 def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, Any]:
-  """Sums batch metrics on the host and turns them into means: {"loss", <the network's loss
+  """Sums batch metrics (scalars, or [K] of a chunk) on the host and turns them into means: {"loss", <the network's loss
   terms>, "accuracy", "examples"}."""
-  total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(metrics))
+  total = jax.tree.map(lambda *xs: float(sum(np.sum(x) for x in xs)), *jax.device_get(metrics))
   n = max(total.count, 1.0)
   return {"loss": total.loss / n, **{k: v / n for k, v in total.terms.items()},
           "accuracy": total.correct / n, "examples": int(total.count)}
@@ -145,7 +145,8 @@ def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[st
 
 # Settings a resumed run may change without leaving the uninterrupted run's path.
 _FREE_ON_RESUME = ("epochs", "max_steps", "log_every", "eval_every", "eval_batch_size",
-                   "checkpoint_every", "keep_checkpoints", "seed", "model")
+                   "checkpoint_every", "keep_checkpoints", "seed", "model", "pipeline",
+                   "steps_per_dispatch")
 
 
 def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: Path) -> None:
@@ -155,11 +156,11 @@ def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: P
                      f"{'; '.join(diffs)}); use a new --workdir or the original settings.")
 
 
-def _nonfinite_message(step: int, metrics: steps.StepMetrics, ckpt: Checkpointer) -> str:
+def _nonfinite_message(step: int, loss: float, ckpt: Checkpointer) -> str:
   good = ckpt.latest_step()
   kept = (f"the last good checkpoint is step {good} in {ckpt.directory}" if good is not None
           else "no checkpoint had been written yet")
-  return (f"non-finite loss or gradient at step {step} (loss {float(metrics.loss):.6g}); "
+  return (f"non-finite loss or gradient at step {step} (loss {loss:.6g}); "
           f"stopped without saving it; {kept}. Lower the learning rate or check the data.")
 
 
@@ -258,22 +259,41 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
           board.images(step, sample, np.asarray(recon))
       return record
 
-    batches = data.train_batches(train_split, config.batch_size, config.seed, start_step)
+    capacity = config.steps_per_dispatch or config.log_every
+    source = pipeline.make_source(config.pipeline, train_split, config.batch_size, config.seed,
+                                  capacity)
+    train_chunk = steps.make_train_chunk(graphdef, loss_fn, shift_transform(config.max_shift))
+    boundaries = faults.chunk_boundaries()
+
+    def chunk_end(step: int) -> int:
+      """Where the chunk starting at `step` ends: the next step at which the host has work."""
+      every = (capacity, config.log_every, config.checkpoint_every, config.eval_every)
+      return min([total_steps, *((step // e + 1) * e for e in every if e),
+                  *(b for b in boundaries if b > step)])
+
     pending: list[steps.StepMetrics] = []
     bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress,
                dynamic_ncols=True, desc=f"train {config.dataset}")
     window_start, window_images = time.time(), 0
+    step = start_step
+    upcoming = source.chunk(step, chunk_end(step) - step) if step < total_steps else None
     with StopOnSignal() as stop:
-      for step in range(start_step, total_steps):
-        images, labels = next(batches)
-        done = step + 1
-        state = faults.maybe_poison(state, done)
-        state, metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
-        if not metrics.finite:  # one scalar to the host per step, see README
+      while step < total_steps:
+        done = chunk_end(step)
+        state = faults.maybe_poison(state, step + 1)
+        with jax.transfer_guard("disallow"):  # the chunk's data is on the device already
+          state, result = train_chunk(state, *upcoming, base_key)
+        if done < total_steps:  # prepared while the device runs this chunk
+          upcoming = source.chunk(done, chunk_end(done) - done)
+        result = jax.device_get(result)  # metrics of the whole chunk in one transfer
+        ran = int(result.steps_run)
+        if result.bad_step:
           bar.close()
-          raise NonFiniteError(_nonfinite_message(done, metrics, ckpt))
-        pending.append(metrics)
-        window_images += len(labels)
+          raise NonFiniteError(_nonfinite_message(
+              int(result.bad_step), float(result.metrics.loss[ran]), ckpt))
+        pending.append(jax.tree.map(lambda x: x[:ran], result.metrics))
+        window_images += ran * config.batch_size
+        step = done
         if done % config.log_every == 0 or done == total_steps:
           summary = _summarise(pending)
           pending = []
@@ -284,7 +304,7 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
                         "elapsed_s": time.time() - t_start})
           bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
                           img_s=f"{rate:.0f}")
-        bar.update(1)
+        bar.update(ran)
         faults.pause_after_step(done, lambda: stop.requested)
         if stop.requested and done < total_steps:
           bar.close()

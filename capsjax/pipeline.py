@@ -1,0 +1,114 @@
+"""Where training batches come from: the split resident on the device, or host batches.
+
+The training loop runs up to K steps per dispatch (`capsjax.steps.make_train_chunk`); a source
+hands it, per chunk, the device arrays that program reads:
+
+- `DeviceResident`: the whole training split is copied to the device once, as uint8 (MNIST: 47
+  MB); a chunk is then only its [K, B] example indices (a few KB) and two scalars, and each step
+  gathers its batch on the device.
+- `HostBatches`: for a split too large for the device: each chunk's K batches are gathered on the
+  host and copied with `jax.device_put`, which is asynchronous, so the loop prepares chunk i + 1
+  while the device runs chunk i (a prefetch of one chunk).
+
+Both draw the same example indices, `capsjax.data.batch_indices(seed, step)`, so the data order
+(and so a resumed run) is the same whichever source runs.
+"""
+
+import os
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from capsjax import data
+
+PIPELINES = ("auto", "device", "host")
+# "auto" keeps the split on the device when it takes at most this fraction of the device's
+# memory (the rest is for parameters, optimizer state and activations).
+DEVICE_DATA_FRACTION = 0.25
+
+
+class Chunk(NamedTuple):
+  """The data arguments of a `make_train_chunk` program, all on the device."""
+
+  images: jax.Array  # [N, H, W, C] uint8
+  labels: jax.Array  # [N] int32
+  indices: jax.Array  # [K, B] int32, rows from num_steps on unused
+  first_step: jax.Array  # () int32, global 0-based step of row 0
+  num_steps: jax.Array  # () int32
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int:
+  """Memory the device may use: the allocator's limit on GPU/TPU, physical RAM on the CPU."""
+  device = device or jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def choose(pipeline: str, split: data.Split, device: jax.Device | None = None) -> str:
+  """"device" or "host" for `pipeline` ("auto": device if the split's images and labels take at
+  most DEVICE_DATA_FRACTION of the device's memory)."""
+  if pipeline not in PIPELINES:
+    raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}.")
+  if pipeline != "auto":
+    return pipeline
+  size = split.images.nbytes + split.labels.nbytes
+  return "device" if size <= DEVICE_DATA_FRACTION * device_memory_bytes(device) else "host"
+
+
+def chunk_indices(num_examples: int, batch_size: int, seed: int, first_step: int,
+                  num_steps: int, capacity: int) -> np.ndarray:
+  """[capacity, batch_size] int32: row i holds the examples of global step first_step + i
+  (`data.batch_indices`); rows from num_steps on are zeros."""
+  if not 1 <= num_steps <= capacity:
+    raise ValueError(f"a chunk holds 1 to {capacity} steps, got {num_steps}.")
+  rows = np.zeros((capacity, batch_size), np.int32)
+  for i in range(num_steps):
+    rows[i] = data.batch_indices(num_examples, batch_size, seed, first_step + i)
+  return rows
+
+
+class DeviceResident:
+  """The training split on the device; chunks carry only indices."""
+
+  name = "device"
+
+  def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int):
+    data.steps_per_epoch(len(split), batch_size)
+    self.images = jax.device_put(split.images)
+    self.labels = jax.device_put(split.labels)
+    self.num_examples, self.batch_size, self.seed, self.capacity = (
+        len(split), batch_size, seed, capacity)
+
+  def chunk(self, first_step: int, num_steps: int) -> Chunk:
+    rows = chunk_indices(self.num_examples, self.batch_size, self.seed, first_step, num_steps,
+                         self.capacity)
+    return Chunk(self.images, self.labels, *jax.device_put(
+        (rows, np.int32(first_step), np.int32(num_steps))))
+
+
+class HostBatches:
+  """The training split in host memory; each chunk's batches are copied to the device."""
+
+  name = "host"
+
+  def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int):
+    data.steps_per_epoch(len(split), batch_size)
+    self.split, self.batch_size, self.seed, self.capacity = split, batch_size, seed, capacity
+    # The chunk's own batches, in order: row i of the indices is simply i*B .. (i+1)*B - 1.
+    self.local = np.arange(capacity * batch_size, dtype=np.int32).reshape(capacity, batch_size)
+
+  def chunk(self, first_step: int, num_steps: int) -> Chunk:
+    rows = chunk_indices(len(self.split), self.batch_size, self.seed, first_step, num_steps,
+                         self.capacity).reshape(-1)
+    return Chunk(*jax.device_put((self.split.images[rows], self.split.labels[rows], self.local,
+                                  np.int32(first_step), np.int32(num_steps))))
+
+
+def make_source(pipeline: str, split: data.Split, batch_size: int, seed: int, capacity: int):
+  """A `DeviceResident` or `HostBatches` source (see `choose`) of chunks of up to `capacity`
+  steps."""
+  kind = choose(pipeline, split)
+  return (DeviceResident if kind == "device" else HostBatches)(split, batch_size, seed, capacity)
