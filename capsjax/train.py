@@ -240,7 +240,6 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
 
     arch = archs.get(config.arch)
     loss_fn = arch.loss(config)
-    train_step = steps.make_train_step(graphdef, loss_fn, shift_transform(config.max_shift))
     eval_step = steps.make_eval_step(graphdef, loss_fn)
     writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
     outputs = steps.make_outputs_step(graphdef, arch.outputs) if board else None

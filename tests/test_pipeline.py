@@ -2,7 +2,6 @@
 `capsjax.pipeline`: same steps as one dispatch each, no host-to-device copy inside a chunk, the
 NaN guard inside the compiled loop, and the training loop on both sources."""
 
-import dataclasses
 import json
 
 import jax
@@ -17,7 +16,7 @@ from capsjax.augment import shift_transform
 from capsjax.checkpoint import NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.train import train
-from conftest import TINY_MODEL_ARGS, run_cli, tiny_capsnet
+from conftest import run_cli, tiny_capsnet
 
 BATCH, N = 8, 64
 LOSS = capsnet_arch.loss_fn(0.0005)
