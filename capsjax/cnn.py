@@ -1,6 +1,6 @@
 """The paper's baseline CNN (§5) as a Flax NNX module."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +16,14 @@ class BaselineCNN(nnx.Module):
   fully connected layers of 328 and 192, dropout into a 10-way softmax; with SAME padding and no
   pooling that is 35,445,522 parameters (the paper's 35.4M). The paper does not give the dropout
   rate; 0.5 is the usual one. `model(images [B, H, W, C] in [0, 1], dropout_key=None) -> logits
-  [B, classes]`; dropout is applied only when `dropout_key` is given (training).
+  [B, classes]`; dropout is applied only when `dropout_key` is given (training). `dtype` (e.g.
+  bfloat16): the convolutions' and matmuls' (parameters and logits stay float32).
   """
 
   def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
                conv_channels: Sequence[int] = (256, 256, 128), conv_kernel: int = 5,
-               hidden: Sequence[int] = (328, 192), dropout: float = 0.5, rngs: nnx.Rngs):
+               hidden: Sequence[int] = (328, 192), dropout: float = 0.5, dtype: Any = None,
+               rngs: nnx.Rngs):
     if len(input_shape) != 3 or min(input_shape) < 1:
       raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
     if num_classes < 2:
@@ -32,12 +34,13 @@ class BaselineCNN(nnx.Module):
       raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
     h, w, c = (int(s) for s in input_shape)
     channels = [c, *conv_channels]
-    self.convs = nnx.List([Conv2D(a, b, conv_kernel, 1, rngs=rngs)
+    self.convs = nnx.List([Conv2D(a, b, conv_kernel, 1, dtype=dtype, rngs=rngs)
                            for a, b in zip(channels[:-1], channels[1:])])
     sizes = [h * w * channels[-1], *hidden]
-    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
     self.dropout = nnx.Dropout(dropout)
-    self.logits = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+    self.logits = nnx.Linear(sizes[-1], num_classes, dtype=dtype, rngs=rngs)
     self.input_shape = (h, w, c)
     self.num_classes = num_classes
     self.padding = conv_kernel // 2
@@ -55,4 +58,4 @@ class BaselineCNN(nnx.Module):
     for layer in self.hidden:
       x = jax.nn.relu(layer(x))
     x = self.dropout(x, deterministic=dropout_key is None, rngs=dropout_key)
-    return self.logits(x)
+    return self.logits(x).astype(jnp.float32)

@@ -50,6 +50,9 @@ class TrainConfig:
   # Training steps per dispatch to the device (one compiled loop; their metrics come back in one
   # transfer); None: log_every. Chunks also end at every log, eval and checkpoint step.
   steps_per_dispatch: int | None = None
+  # "bf16": convolutions, votes and decoder matmuls in bfloat16; parameters, optimizer state,
+  # routing, squash and losses in float32 (capsjax.archs.base.PRECISIONS).
+  precision: str = "fp32"
 
   def __post_init__(self):
     if isinstance(self.routing, str) and ":" in self.routing:
@@ -69,6 +72,7 @@ class TrainConfig:
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}.")
+    archs.compute_dtype(self.precision)
     if self.pipeline not in PIPELINES:
       raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}.")
     if self.epochs is None and self.max_steps is None:

@@ -19,19 +19,21 @@ class Conv2D(nnx.Module):
 
   Input [B, H, W, C_in] -> output [B, OH, OW, C_out]. Parameters: kernel [k, k, C_in, C_out]
   (HWIO, LeCun-normal init, like `nnx.Conv`) and bias [C_out] (none if not `use_bias`).
+  `dtype`: the computation's dtype (e.g. bfloat16; None: the input's); parameters stay float32.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int = 1, *,
-               use_bias: bool = True, rngs: nnx.Rngs):
+               use_bias: bool = True, dtype: Any = None, rngs: nnx.Rngs):
     init = jax.nn.initializers.lecun_normal()
     self.kernel = nnx.Param(init(rngs.params(),
                                  (kernel_size, kernel_size, in_features, out_features)))
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
-    self.stride = stride
+    self.stride, self.dtype = stride, dtype
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    bias = 0.0 if self.bias is None else self.bias[...]
-    return conv.conv2d(x, self.kernel[...], bias, self.stride)
+    dtype = self.dtype or x.dtype
+    bias = 0.0 if self.bias is None else self.bias[...].astype(dtype)
+    return conv.conv2d(x.astype(dtype), self.kernel[...].astype(dtype), bias, self.stride)
 
 
 class PrimaryCaps(nnx.Module):
@@ -40,18 +42,18 @@ class PrimaryCaps(nnx.Module):
   Input [B, H, W, C_in] -> output [B, OH*OW*channels, dim] (for MNIST: [B, 1152, 8]).
   `official`: the official code's form, squash(conv(x) / channels + b) with a conv without bias
   and b [channels, dim] (its one routing iteration over `channels` outputs with one input gives
-  every coupling 1 / channels).
+  every coupling 1 / channels). `dtype`: the convolution's (the squash is float32).
   """
 
   def __init__(self, in_features: int, channels: int, dim: int, kernel_size: int, stride: int,
-               *, official: bool = False, rngs: nnx.Rngs):
+               *, official: bool = False, dtype: Any = None, rngs: nnx.Rngs):
     self.conv = Conv2D(in_features, channels * dim, kernel_size, stride, use_bias=not official,
-                       rngs=rngs)
+                       dtype=dtype, rngs=rngs)
     self.capsule_bias = nnx.Param(jnp.zeros((channels, dim))) if official else None
     self.channels, self.dim = channels, dim
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    y = self.conv(x)
+    y = self.conv(x).astype(jnp.float32)
     if self.capsule_bias is None:
       return squash(y.reshape(y.shape[0], -1, self.dim))
     y = y.reshape(y.shape[0], -1, self.channels, self.dim) / self.channels + self.capsule_bias[...]
@@ -71,11 +73,13 @@ class DigitCaps(nnx.Module):
   `vote_chunk_size` (dynamic routing only) computes the votes `vote_chunk_size` input capsules at a
   time inside the routing loop (`dynamic_routing_chunked`), so the [B, N_in, N_out, D_out] votes
   tensor is never held whole: much less memory, same results, some extra compute.
+  `dtype` (e.g. bfloat16): the votes' matmul runs in it; the routing itself is float32.
   """
 
   def __init__(self, num_in: int, in_dim: int, num_out: int, out_dim: int, routing: str,
                num_iters: int, routing_options: Mapping[str, Any] | None = None,
-               vote_chunk_size: int | None = None, *, bias: bool = False, rngs: nnx.Rngs):
+               vote_chunk_size: int | None = None, *, bias: bool = False, dtype: Any = None,
+               rngs: nnx.Rngs):
     options = dict(routing_options or {})
     routing_lib.check_options(routing, options)
     routing_lib.check_vote_chunking(routing, vote_chunk_size)
@@ -89,6 +93,7 @@ class DigitCaps(nnx.Module):
     self.num_iters = num_iters
     self.options = options
     self.vote_chunk_size = vote_chunk_size
+    self.dtype = dtype
 
   def __call__(self, u: jnp.ndarray) -> RoutingResult:
     W = self.W[...]
@@ -99,7 +104,9 @@ class DigitCaps(nnx.Module):
       return jax.vmap(chunked)(u)
     params = {k: p[...] for k, p in self.routing_params.items()}
     rule = functools.partial(self.rule.fn, num_iters=self.num_iters, **self.options, **params)
-    u_hat = jnp.einsum("ijdk,bik->bijd", W, u)  # Eq. 2: u_hat_j|i = W_ij u_i
+    dtype = self.dtype or u.dtype
+    u_hat = jnp.einsum("ijdk,bik->bijd", W.astype(dtype), u.astype(dtype)  # Eq. 2
+                       ).astype(u.dtype)  # u_hat_j|i = W_ij u_i
     if self.rule.uses_activations:
       return jax.vmap(lambda votes, a: rule(votes, activations=a))(u_hat, safe_length(u))
     return jax.vmap(rule)(u_hat)
@@ -108,17 +115,19 @@ class DigitCaps(nnx.Module):
 class Decoder(nnx.Module):
   """MLP reconstructing the image from the masked DigitCaps (Fig. 2).
 
-  Input [B, N_out * D_out] -> output [B, H, W, C] in [0, 1] (sigmoid).
+  Input [B, N_out * D_out] -> output [B, H, W, C] in [0, 1] (sigmoid, float32). `dtype`: the
+  matmuls' (None: float32).
   """
 
   def __init__(self, in_features: int, hidden: Sequence[int], out_shape: Sequence[int], *,
-               rngs: nnx.Rngs):
+               dtype: Any = None, rngs: nnx.Rngs):
     sizes = [in_features, *hidden, math.prod(out_shape)]
-    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
     self.out_shape = tuple(out_shape)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     for layer in self.layers[:-1]:
       x = jax.nn.relu(layer(x))
-    x = jax.nn.sigmoid(self.layers[-1](x))
+    x = jax.nn.sigmoid(self.layers[-1](x).astype(jnp.float32))
     return x.reshape(x.shape[0], *self.out_shape)

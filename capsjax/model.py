@@ -69,6 +69,10 @@ class CapsNet(nnx.Module):
   weights (stddev 0.05 for Conv1, 0.1 elsewhere) and every bias 0.1; and (in the loss,
   `capsjax.archs.capsnet`) the margin loss halved and averaged over the classes. Needs routing
   "dynamic" and no vote chunking.
+
+  `dtype=jnp.bfloat16` runs the convolutions, the votes' matmul and the decoder's matmuls in
+  bfloat16 (mixed precision); parameters, the routing (its softmax), the squash and the outputs
+  stay float32. It is not a setting of the network: the parameters are the same either way.
   """
 
   def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
@@ -78,7 +82,7 @@ class CapsNet(nnx.Module):
                routing_options: Mapping[str, Any] | None = None,
                vote_chunk_size: int | None = None,
                decoder_hidden: Sequence[int] = (512, 1024), variant: str = "paper",
-               rngs: nnx.Rngs):
+               dtype: Any = None, rngs: nnx.Rngs):
     if len(input_shape) != 3 or min(input_shape) < 1:
       raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
     if num_classes < 2:
@@ -103,13 +107,14 @@ class CapsNet(nnx.Module):
     self.num_classes = num_classes
     self.num_primary = h2 * w2 * primary_channels
     self.primary_grid = (h2, w2, primary_channels)
-    self.conv1 = Conv2D(c, conv_channels, conv_kernel, 1, rngs=rngs)
+    self.conv1 = Conv2D(c, conv_channels, conv_kernel, 1, dtype=dtype, rngs=rngs)
     self.primary = PrimaryCaps(conv_channels, primary_channels, primary_dim, primary_kernel,
-                               primary_stride, official=official, rngs=rngs)
+                               primary_stride, official=official, dtype=dtype, rngs=rngs)
     self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, digit_dim, routing,
                             routing_iters, routing_options, vote_chunk_size, bias=official,
-                            rngs=rngs)
-    self.decoder = Decoder(num_classes * digit_dim, decoder_hidden, self.input_shape, rngs=rngs)
+                            dtype=dtype, rngs=rngs)
+    self.decoder = Decoder(num_classes * digit_dim, decoder_hidden, self.input_shape,
+                           dtype=dtype, rngs=rngs)
     self.variant = variant
     if official:
       self._initialise_as_official(rngs)

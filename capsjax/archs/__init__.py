@@ -4,7 +4,7 @@ and `baseline` (the paper's baseline CNN, §5). See `base.Arch` for what each pr
 import inspect
 from typing import Any
 
-from capsjax.archs.base import Arch, LossFn, Losses, Outputs
+from capsjax.archs.base import PRECISIONS, Arch, LossFn, Losses, Outputs, compute_dtype
 from capsjax.archs.baseline import ARCH as _BASELINE
 from capsjax.archs.capsnet import ARCH as _CAPSNET
 
@@ -12,7 +12,7 @@ DEFAULT = "capsnet"
 _ARCHS = {a.name: a for a in (_CAPSNET, _BASELINE)}
 
 # Constructor arguments set by the data (input_shape, num_classes) or by the loop.
-_NOT_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "vote_chunk_size")
+_NOT_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "vote_chunk_size", "dtype")
 
 
 def available() -> list[str]:
@@ -40,5 +40,5 @@ def model_options(name: str = DEFAULT) -> dict[str, Any]:
           if k not in _NOT_OPTIONS and k not in arch.config_keys}
 
 
-__all__ = ["Arch", "DEFAULT", "LossFn", "Losses", "Outputs", "available", "get", "model_options",
-           "of_settings"]
+__all__ = ["Arch", "DEFAULT", "LossFn", "Losses", "Outputs", "PRECISIONS", "available",
+           "compute_dtype", "get", "model_options", "of_settings"]

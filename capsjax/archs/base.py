@@ -13,6 +13,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+# TrainConfig.precision -> the computation dtype a network is built with (None: float32). Mixed
+# precision: parameters, optimizer state and losses stay float32 whatever the network computes in.
+PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}
+
+
+def compute_dtype(precision: str) -> Any:
+  """The computation dtype of `precision` ("fp32": None, "bf16": bfloat16)."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+  return PRECISIONS[precision]
+
+
 class Outputs(NamedTuple):
   """Test-time outputs of a network for B images.
 

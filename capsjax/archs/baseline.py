@@ -7,15 +7,16 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from capsjax.archs.base import Arch, LossFn, Losses, Outputs
+from capsjax.archs.base import Arch, LossFn, Losses, Outputs, compute_dtype
 from capsjax.cnn import BaselineCNN
 
 
 def create(settings: dict[str, Any], config, rngs: nnx.Rngs) -> BaselineCNN:
-  del config
   options = {k: v for k, v in settings.items() if k not in ("arch", "input_shape", "num_classes")}
   return BaselineCNN(input_shape=tuple(settings["input_shape"]),
-                     num_classes=settings["num_classes"], rngs=rngs, **options)
+                     num_classes=settings["num_classes"],
+                     dtype=compute_dtype(config.precision), rngs=rngs,
+                     **options)
 
 
 def loss(config) -> LossFn:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from capsjax import losses
-from capsjax.archs.base import Arch, LossFn, Losses, Outputs
+from capsjax.archs.base import Arch, LossFn, Losses, Outputs, compute_dtype
 from capsjax.model import CapsNet
 
 # TrainConfig fields that are CapsNet settings (recorded with the run's model settings).
@@ -15,11 +15,12 @@ CONFIG_KEYS = ("routing", "routing_iters", "routing_options")
 
 
 def create(settings: dict[str, Any], config, rngs: nnx.Rngs) -> CapsNet:
-  """The CapsNet of recorded `settings`; `config.vote_chunk_size` picks how votes are computed
-  (same results), so it is not a setting of the network."""
+  """The CapsNet of recorded `settings`; `config.vote_chunk_size` (how votes are computed, same
+  results) and `config.precision` (the computation dtype) are not settings of the network."""
   options = {k: v for k, v in settings.items() if k not in ("arch", "input_shape", "num_classes")}
   return CapsNet(input_shape=tuple(settings["input_shape"]), num_classes=settings["num_classes"],
-                 vote_chunk_size=config.vote_chunk_size, rngs=rngs, **options)
+                 vote_chunk_size=config.vote_chunk_size,
+                 dtype=compute_dtype(config.precision), rngs=rngs, **options)
 
 
 def loss(config) -> LossFn:
