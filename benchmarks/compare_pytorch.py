@@ -42,7 +42,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def capsnet_flops_per_image(batch_size: int = 8) -> float:
   """FLOPs of one training step per image for the default CapsNet, from XLA's cost analysis."""
   state, train_step, _, images, labels = train_throughput.build(batch_size, 3)
-  cost = train_step.lower(state, images, labels, jax.random.key(0)).compile().cost_analysis()
+  jitted = getattr(train_step, "jitted", train_step)  # make_train_step wraps the jitted step
+  cost = jitted.lower(state, images, labels, jax.random.key(0)).compile().cost_analysis()
   if isinstance(cost, list):
     cost = cost[0]
   return float(cost["flops"]) / batch_size

@@ -47,7 +47,7 @@ def measure(config: config_lib.TrainConfig, data_dir: str | None, workdir: Path,
           "total_steps": final["step"], "test_accuracy": final["test_accuracy"],
           "batch_size": config.batch_size, "log_every": config.log_every,
           "steps_per_dispatch": config.steps_per_dispatch or config.log_every,
-          "pipeline": pipeline.choose(config.pipeline, split),
+          "pipeline": pipeline.choose(config.pipeline, split), "precision": config.precision,
           "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
 
 
@@ -61,6 +61,7 @@ def main(argv=None):
   p.add_argument("--log-every", type=int, default=None, help="default: the preset's")
   p.add_argument("--steps-per-dispatch", type=int, default=None, help="default: --log-every")
   p.add_argument("--pipeline", choices=pipeline.PIPELINES, default="auto")
+  p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
   p.add_argument("--train-examples", type=int, default=None, help="first N examples only")
   p.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   p.add_argument("--workdir", default=None, help="keep the run here (default: a temporary one)")
@@ -75,7 +76,7 @@ def main(argv=None):
     config = dataclasses.replace(
         config, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
         log_every=args.log_every or config.log_every, steps_per_dispatch=args.steps_per_dispatch,
-        pipeline=args.pipeline, eval_every=0, checkpoint_every=10**9).validate()
+        pipeline=args.pipeline, precision=args.precision, eval_every=0, checkpoint_every=10**9).validate()
     data.resolve_data_dir(args.data_dir)
   except ValueError as e:
     p.error(str(e))

@@ -22,9 +22,10 @@ from capsjax.archs import capsnet as capsnet_arch
 from capsjax.augment import shift_transform
 
 
-def build(batch_size: int, routing_iters: int, seed: int = 0):
+def build(batch_size: int, routing_iters: int, seed: int = 0, precision: str = "fp32"):
   """Paper's MNIST CapsNet + Adam (TrainConfig defaults), jitted steps, one synthetic batch."""
-  config = TrainConfig(batch_size=batch_size, routing_iters=routing_iters, seed=seed)
+  config = TrainConfig(batch_size=batch_size, routing_iters=routing_iters, seed=seed,
+                       precision=precision)
   settings = {"input_shape": [28, 28, 1], "num_classes": 10, "routing_iters": routing_iters}
   graphdef, state = create_state(settings, config)
   train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(config.recon_weight),
@@ -36,9 +37,11 @@ def build(batch_size: int, routing_iters: int, seed: int = 0):
   return state, train_step, eval_step, images, labels
 
 
-def time_steps(batch_size: int, num_steps: int, routing_iters: int = 3) -> dict:
+def time_steps(batch_size: int, num_steps: int, routing_iters: int = 3, precision: str = "fp32"
+               ) -> dict:
   """Median seconds per train and eval step after compile + one warm-up step."""
-  state, train_step, eval_step, images, labels = build(batch_size, routing_iters)
+  state, train_step, eval_step, images, labels = build(batch_size, routing_iters,
+                                                       precision=precision)
   images, labels = jax.device_put(images), jax.device_put(labels)
   valid = jax.device_put(np.ones(batch_size, bool))
   key = jax.random.key(0)
@@ -60,6 +63,7 @@ def time_steps(batch_size: int, num_steps: int, routing_iters: int = 3) -> dict:
   return {"train_images_per_sec": batch_size / train_s, "eval_images_per_sec": batch_size / eval_s,
           "train_step_ms": 1e3 * train_s, "eval_step_ms": 1e3 * eval_s,
           "batch_size": batch_size, "steps": num_steps, "routing_iters": routing_iters,
+          "precision": precision,
           "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
 
 
@@ -69,10 +73,11 @@ def main(argv=None):
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--routing-iters", type=int, default=3)
+  p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
   args = p.parse_args(argv)
   if args.batch_size < 1 or args.steps < 1 or args.routing_iters < 1:
     p.error("--batch-size, --steps and --routing-iters must be positive integers")
-  result = time_steps(args.batch_size, args.steps, args.routing_iters)
+  result = time_steps(args.batch_size, args.steps, args.routing_iters, args.precision)
   print(f"train: {result['train_images_per_sec']:.1f} images/s ({result['train_step_ms']:.1f} "
         f"ms/step)  eval: {result['eval_images_per_sec']:.1f} images/s")
   print(json.dumps(result))
