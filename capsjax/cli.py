@@ -80,6 +80,9 @@ def _build_parser() -> argparse.ArgumentParser:
                       "(host), or auto (default: device if it fits in a quarter of its memory)")
   t.add_argument("--steps-per-dispatch", type=int, default=None, metavar="K",
                  help="training steps per device dispatch (default: --log-every)")
+  t.add_argument("--devices", type=int, default=None, metavar="N",
+                 help="data parallelism over N local devices (default: all; the batch size "
+                      "must be divisible by N)")
   t.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                  help="bf16: convolutions, votes and decoder matmuls in bfloat16, the rest "
                       "float32 (default fp32)")
@@ -158,7 +161,8 @@ def _train(args) -> dict:
                "eval_every": args.eval_every, "log_every": args.log_every,
                "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints, "pipeline": args.pipeline,
-               "steps_per_dispatch": args.steps_per_dispatch, "precision": args.precision}
+               "steps_per_dispatch": args.steps_per_dispatch, "precision": args.precision,
+               "devices": args.devices}
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if args.model:
     overrides["model"] = {**config.model, **_key_values(args.model, "--model", "digit_dim=8")}

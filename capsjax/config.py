@@ -53,6 +53,8 @@ class TrainConfig:
   # "bf16": convolutions, votes and decoder matmuls in bfloat16; parameters, optimizer state,
   # routing, squash and losses in float32 (capsjax.archs.base.PRECISIONS).
   precision: str = "fp32"
+  # Data parallelism over this many local devices (None: all); the batch must split evenly.
+  devices: int | None = None
 
   def __post_init__(self):
     if isinstance(self.routing, str) and ":" in self.routing:
@@ -68,7 +70,7 @@ class TrainConfig:
     for name in positive:
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-    for name in ("epochs", "max_steps", "eval_batch_size", "steps_per_dispatch"):
+    for name in ("epochs", "max_steps", "eval_batch_size", "steps_per_dispatch", "devices"):
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}.")

@@ -11,7 +11,9 @@ hands it, per chunk, the device arrays that program reads:
   while the device runs chunk i (a prefetch of one chunk).
 
 Both draw the same example indices, `capsjax.data.batch_indices(seed, step)`, so the data order
-(and so a resumed run) is the same whichever source runs.
+(and so a resumed run) is the same whichever source runs. With a `mesh` (capsjax/parallel.py)
+the data is replicated on its devices and each step's indices are split over its `data` axis, so
+every device gathers and trains on its own part of the batch.
 """
 
 import os
@@ -19,8 +21,9 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
-from capsjax import data
+from capsjax import data, parallel
 
 PIPELINES = ("auto", "device", "host")
 # "auto" keeps the split on the device when it takes at most this fraction of the device's
@@ -75,18 +78,20 @@ class DeviceResident:
 
   name = "device"
 
-  def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int):
+  def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int,
+               mesh: Mesh | None = None):
     data.steps_per_epoch(len(split), batch_size)
-    self.images = jax.device_put(split.images)
-    self.labels = jax.device_put(split.labels)
+    self.whole, self.split_rows = _placements(mesh)
+    self.images = jax.device_put(split.images, self.whole)
+    self.labels = jax.device_put(split.labels, self.whole)
     self.num_examples, self.batch_size, self.seed, self.capacity = (
         len(split), batch_size, seed, capacity)
 
   def chunk(self, first_step: int, num_steps: int) -> Chunk:
     rows = chunk_indices(self.num_examples, self.batch_size, self.seed, first_step, num_steps,
                          self.capacity)
-    return Chunk(self.images, self.labels, *jax.device_put(
-        (rows, np.int32(first_step), np.int32(num_steps))))
+    return Chunk(self.images, self.labels, jax.device_put(rows, self.split_rows),
+                 *jax.device_put((np.int32(first_step), np.int32(num_steps)), self.whole))
 
 
 class HostBatches:
@@ -94,21 +99,34 @@ class HostBatches:
 
   name = "host"
 
-  def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int):
+  def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int,
+               mesh: Mesh | None = None):
     data.steps_per_epoch(len(split), batch_size)
     self.split, self.batch_size, self.seed, self.capacity = split, batch_size, seed, capacity
+    self.whole, self.split_rows = _placements(mesh)
     # The chunk's own batches, in order: row i of the indices is simply i*B .. (i+1)*B - 1.
     self.local = np.arange(capacity * batch_size, dtype=np.int32).reshape(capacity, batch_size)
 
   def chunk(self, first_step: int, num_steps: int) -> Chunk:
     rows = chunk_indices(len(self.split), self.batch_size, self.seed, first_step, num_steps,
                          self.capacity).reshape(-1)
-    return Chunk(*jax.device_put((self.split.images[rows], self.split.labels[rows], self.local,
-                                  np.int32(first_step), np.int32(num_steps))))
+    images, labels, first, num = jax.device_put(
+        (self.split.images[rows], self.split.labels[rows], np.int32(first_step),
+         np.int32(num_steps)), self.whole)
+    return Chunk(images, labels, jax.device_put(self.local, self.split_rows), first, num)
 
 
-def make_source(pipeline: str, split: data.Split, batch_size: int, seed: int, capacity: int):
+def _placements(mesh: Mesh | None):
+  """(whole arrays, [K, B] indices split on B): on `mesh`'s devices, else the default device."""
+  if mesh is None:
+    return None, None
+  return parallel.replicated(mesh), parallel.batch_split(mesh, axis=1)
+
+
+def make_source(pipeline: str, split: data.Split, batch_size: int, seed: int, capacity: int,
+                mesh: Mesh | None = None):
   """A `DeviceResident` or `HostBatches` source (see `choose`) of chunks of up to `capacity`
-  steps."""
-  kind = choose(pipeline, split)
-  return (DeviceResident if kind == "device" else HostBatches)(split, batch_size, seed, capacity)
+  steps, on `mesh` (data parallel) if given."""
+  kind = choose(pipeline, split, None if mesh is None else mesh.devices.flat[0])
+  return (DeviceResident if kind == "device" else HostBatches)(split, batch_size, seed, capacity,
+                                                                mesh)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from capsjax import archs
 from capsjax import config as config_lib
-from capsjax import data, faults, pipeline, steps
+from capsjax import data, faults, parallel, pipeline, steps
 from capsjax import routing as routing_lib
 from capsjax import tensorboard as tensorboard_lib
 from capsjax.augment import shift_transform
@@ -146,7 +146,7 @@ def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[st
 # Settings a resumed run may change without leaving the uninterrupted run's path.
 _FREE_ON_RESUME = ("epochs", "max_steps", "log_every", "eval_every", "eval_batch_size",
                    "checkpoint_every", "keep_checkpoints", "seed", "model", "pipeline",
-                   "steps_per_dispatch")
+                   "steps_per_dispatch", "devices")
 
 
 def _check_resumable(saved: dict[str, Any], settings: dict[str, Any], workdir: Path) -> None:
@@ -191,17 +191,18 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   config.validate()
   data.check_dataset(config.dataset)
   data.resolve_data_dir(data_dir)  # bad input fails before the workdir is created
+  mesh = parallel.make_mesh(config.devices, config.batch_size)
   if tensorboard:
     tensorboard_lib.check_available()
   workdir = prepare_workdir(workdir)
   with WorkdirLock(workdir) as lock:  # before anything in the workdir is read or changed
     return _train_locked(config, workdir, lock, data_dir, train_limit, test_limit, progress,
-                         tensorboard)
+                         tensorboard, mesh)
 
 
 def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_dir: str | None,
                   train_limit: int | None, test_limit: int | None, progress: bool,
-                  tensorboard: bool) -> dict[str, Any]:
+                  tensorboard: bool, mesh) -> dict[str, Any]:
   t_start = time.time()
   train_split = data.load_split(config.dataset, "train", data_dir, limit=train_limit)
   test_split = data.load_split(config.dataset, "test", data_dir, limit=test_limit)
@@ -210,6 +211,8 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
   data.steps_per_epoch(len(train_split), config.batch_size)  # validates batch size vs data
 
   graphdef, state = create_state(settings, config)
+  # Replicated on the mesh's devices (one device: just placed there); a restore keeps this.
+  state = jax.device_put(state, parallel.replicated(mesh))
   board = tensorboard_lib.TensorBoardWriter(workdir) if tensorboard else None
   with Checkpointer(workdir, keep=config.keep_checkpoints, cleanup=True,
                     guard=lock.check) as ckpt, (
@@ -244,7 +247,7 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
     outputs = steps.make_outputs_step(graphdef, arch.outputs) if board else None
     eval_batch_size = config.eval_batch_size or steps.default_eval_batch_size()
-    base_key = jax.random.key(config.seed)
+    base_key = jax.device_put(jax.random.key(config.seed), parallel.replicated(mesh))
     schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
     def run_eval(step: int) -> dict[str, Any]:
@@ -260,7 +263,7 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
 
     capacity = config.steps_per_dispatch or config.log_every
     source = pipeline.make_source(config.pipeline, train_split, config.batch_size, config.seed,
-                                  capacity)
+                                  capacity, mesh)
     train_chunk = steps.make_train_chunk(graphdef, loss_fn, shift_transform(config.max_shift))
     boundaries = faults.chunk_boundaries()
 
