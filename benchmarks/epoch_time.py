@@ -76,7 +76,8 @@ def main(argv=None):
     config = dataclasses.replace(
         config, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
         log_every=args.log_every or config.log_every, steps_per_dispatch=args.steps_per_dispatch,
-        pipeline=args.pipeline, precision=args.precision, eval_every=0, checkpoint_every=10**9).validate()
+        pipeline=args.pipeline, precision=args.precision, eval_every=0,
+        checkpoint_every=10**9).validate()
     data.resolve_data_dir(args.data_dir)
   except ValueError as e:
     p.error(str(e))

@@ -144,9 +144,10 @@ def make_train_step(graphdef: Any, loss_fn: LossFn, transform: Transform | None 
 class ChunkResult(NamedTuple):
   """What a `make_train_chunk` program returns besides the state, in one transfer.
 
-  `metrics` has a leading axis of `max_steps` (the chunk's capacity); rows from `steps_run` on
-  are zeros. `bad_step` is the 1-based global step whose loss or gradient was non-finite (its
-  update was not applied and the chunk stopped there), or 0.
+  `metrics` has a leading axis of K (the chunk's capacity, `indices.shape[0]`): row i holds step
+  i's metrics for i < `steps_run`; after a non-finite step, row `steps_run` holds its metrics;
+  the other rows are zeros. `bad_step` is the 1-based global step whose loss or gradient was
+  non-finite (its update was not applied and the chunk stopped there), or 0.
   """
 
   metrics: StepMetrics

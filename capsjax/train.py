@@ -79,8 +79,8 @@ class MetricsWriter:
 
 
 def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, Any]:
-  """Sums batch metrics (scalars, or [K] of a chunk) on the host and turns them into means: {"loss", <the network's loss
-  terms>, "accuracy", "examples"}."""
+  """Sums batch metrics (scalars, or [K] rows of a chunk) on the host and turns them into means:
+  {"loss", <the network's loss terms>, "accuracy", "examples"}."""
   total = jax.tree.map(lambda *xs: float(sum(np.sum(x) for x in xs)), *jax.device_get(metrics))
   n = max(total.count, 1.0)
   return {"loss": total.loss / n, **{k: v / n for k, v in total.terms.items()},
@@ -202,7 +202,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
 
 def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_dir: str | None,
                   train_limit: int | None, test_limit: int | None, progress: bool,
-                  tensorboard: bool, mesh) -> dict[str, Any]:
+                  tensorboard: bool, mesh: jax.sharding.Mesh) -> dict[str, Any]:
   t_start = time.time()
   train_split = data.load_split(config.dataset, "train", data_dir, limit=train_limit)
   test_split = data.load_split(config.dataset, "test", data_dir, limit=test_limit)
