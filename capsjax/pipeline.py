@@ -76,8 +76,6 @@ def chunk_indices(num_examples: int, batch_size: int, seed: int, first_step: int
 class DeviceResident:
   """The training split on the device; chunks carry only indices."""
 
-  name = "device"
-
   def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int,
                mesh: Mesh | None = None):
     data.steps_per_epoch(len(split), batch_size)
@@ -97,15 +95,15 @@ class DeviceResident:
 class HostBatches:
   """The training split in host memory; each chunk's batches are copied to the device."""
 
-  name = "host"
-
   def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int,
                mesh: Mesh | None = None):
     data.steps_per_epoch(len(split), batch_size)
     self.split, self.batch_size, self.seed, self.capacity = split, batch_size, seed, capacity
     self.whole, self.split_rows = _placements(mesh)
     # The chunk's own batches, in order: row i of the indices is simply i*B .. (i+1)*B - 1.
-    self.local = np.arange(capacity * batch_size, dtype=np.int32).reshape(capacity, batch_size)
+    self.local = jax.device_put(
+        np.arange(capacity * batch_size, dtype=np.int32).reshape(capacity, batch_size),
+        self.split_rows)
 
   def chunk(self, first_step: int, num_steps: int) -> Chunk:
     rows = chunk_indices(len(self.split), self.batch_size, self.seed, first_step, num_steps,
@@ -113,7 +111,7 @@ class HostBatches:
     images, labels, first, num = jax.device_put(
         (self.split.images[rows], self.split.labels[rows], np.int32(first_step),
          np.int32(num_steps)), self.whole)
-    return Chunk(images, labels, jax.device_put(self.local, self.split_rows), first, num)
+    return Chunk(images, labels, self.local, first, num)
 
 
 def _placements(mesh: Mesh | None):
