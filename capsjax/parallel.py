@@ -41,3 +41,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_split(mesh: Mesh, axis: int = 0) -> NamedSharding:
   """Dimension `axis` (the batch) split over the `data` axis, the others whole."""
   return NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
+
+
+def batch_placer(mesh: Mesh, batch_size: int):
+  """`place(arrays)`: puts a batch's arrays (leading axis B) on `mesh` split along B, so that
+  each device evaluates its part; None (leave the batch whole) for one device or a batch size
+  that does not split evenly."""
+  n = mesh.devices.size
+  if n == 1 or batch_size % n:
+    return None
+  sharding = batch_split(mesh)
+  return lambda arrays: jax.device_put(arrays, sharding)

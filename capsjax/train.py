@@ -87,14 +87,19 @@ def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, Any]:
           "accuracy": total.correct / n, "examples": int(total.count)}
 
 
-def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: bool = False
-             ) -> dict[str, float]:
-  """Full-split evaluation: mean losses and accuracy over every example of `split`."""
+def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: bool = False,
+             place: Callable[[Any], Any] | None = None) -> dict[str, float]:
+  """Full-split evaluation: mean losses and accuracy over every example of `split`.
+
+  `place(batch)` puts each (images, labels, mask) batch on the devices first (data parallel:
+  `parallel.batch_placer`); None leaves that to the jitted step.
+  """
   num_batches = -(-len(split) // batch_size)
   batches = tqdm(data.eval_batches(split, batch_size), total=num_batches, unit="batch",
                  desc="eval", disable=not progress, dynamic_ncols=True, leave=False)
-  results = [jax.block_until_ready(eval_step(state, *batch)) if progress else
-             eval_step(state, *batch) for batch in batches]
+  place = place or (lambda batch: batch)
+  results = [jax.block_until_ready(eval_step(state, *place(batch))) if progress else
+             eval_step(state, *place(batch)) for batch in batches]
   return _summarise(results)
 
 
@@ -251,7 +256,8 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
     def run_eval(step: int) -> dict[str, Any]:
-      result = evaluate(eval_step, state, test_split, eval_batch_size, progress)
+      result = evaluate(eval_step, state, test_split, eval_batch_size, progress,
+                        parallel.batch_placer(mesh, eval_batch_size))
       record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
       writer.write(record)
       if board is not None:

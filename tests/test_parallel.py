@@ -51,6 +51,8 @@ SCRIPT = textwrap.dedent("""
     scale = [float(np.max(np.abs(a))) for a in states[1]]
     results["max_abs_diff"] = max(diffs)
     results["max_rel_diff"] = max(d / max(s, 1e-12) for d, s in zip(diffs, scale))
+    # The loop's evaluation (CPU default batch 100) is split over the 4 devices too.
+    results["eval_split"] = parallel.batch_placer(parallel.make_mesh(4, 16), 100) is not None
     if len(sys.argv) > 2:  # the whole loop, with checkpoints and evaluation, on 4 devices
       for n in (1, 4):
         cfg = TrainConfig(batch_size=16, max_steps=6, log_every=3, checkpoint_every=3,
@@ -77,14 +79,16 @@ def test_four_devices_give_the_single_device_parameters(tmp_path, data_dir):
   r = _four_devices(data_dir, str(tmp_path))
   assert r["devices"] == 4
   assert r["devices_of_state_4"] == 4 and r["replicated_4"]
-  assert r["devices_of_state_1"] == 1
+  assert r["devices_of_state_1"] == 1 and r["eval_split"]
   assert r["max_abs_diff"] < 1e-5, r
   assert abs(r["loss_4"] - r["loss_1"]) <= 1e-4 * abs(r["loss_1"]), r
   assert abs(r["test_loss_4"] - r["test_loss_1"]) <= 1e-4 * abs(r["test_loss_1"]), r
 
 
 def test_make_mesh_checks_the_device_count_and_the_batch():
-  assert parallel.make_mesh(None, 32).devices.size == 1
+  mesh = parallel.make_mesh(None, 32)
+  assert mesh.devices.size == 1
+  assert parallel.batch_placer(mesh, 100) is None  # one device: batches stay as they are
   with pytest.raises(ValueError, match="2 devices asked for, but only 1 CPU device"):
     parallel.make_mesh(2, 32)
   with pytest.raises(ValueError, match="devices must be a positive integer, got 0"):
