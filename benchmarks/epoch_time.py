@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 
+from capsjax import archs
 from capsjax import config as config_lib
 from capsjax import data, pipeline
 from capsjax.runtime import tune_host_allocator
@@ -61,7 +62,7 @@ def main(argv=None):
   p.add_argument("--log-every", type=int, default=None, help="default: the preset's")
   p.add_argument("--steps-per-dispatch", type=int, default=None, help="default: --log-every")
   p.add_argument("--pipeline", choices=pipeline.PIPELINES, default="auto")
-  p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+  p.add_argument("--precision", choices=list(archs.PRECISIONS), default="fp32")
   p.add_argument("--train-examples", type=int, default=None, help="first N examples only")
   p.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   p.add_argument("--workdir", default=None, help="keep the run here (default: a temporary one)")

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from capsjax import steps
+from capsjax import archs, steps
 from capsjax.config import TrainConfig
 from capsjax.runtime import tune_host_allocator
 from capsjax.train import create_state
@@ -73,7 +73,7 @@ def main(argv=None):
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--routing-iters", type=int, default=3)
-  p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+  p.add_argument("--precision", choices=list(archs.PRECISIONS), default="fp32")
   args = p.parse_args(argv)
   if args.batch_size < 1 or args.steps < 1 or args.routing_iters < 1:
     p.error("--batch-size, --steps and --routing-iters must be positive integers")

@@ -23,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from capsjax import data
+from capsjax import archs, data, pipeline
 from capsjax import routing as routing_lib
 from capsjax.runtime import tune_host_allocator
 
@@ -75,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
                  help="steps between train-metric lines in metrics.jsonl")
   t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
   t.add_argument("--keep-checkpoints", type=int, default=None, help="how many to keep")
-  t.add_argument("--pipeline", choices=("auto", "device", "host"), default=None,
+  t.add_argument("--pipeline", choices=pipeline.PIPELINES, default=None,
                  help="training data on the device (device), copied per chunk from the host "
                       "(host), or auto (default: device if it fits in a quarter of its memory)")
   t.add_argument("--steps-per-dispatch", type=int, default=None, metavar="K",
@@ -83,7 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--devices", type=int, default=None, metavar="N",
                  help="data parallelism over N local devices (default: all; the batch size "
                       "must be divisible by N)")
-  t.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+  t.add_argument("--precision", choices=list(archs.PRECISIONS), default=None,
                  help="bf16: convolutions, votes and decoder matmuls in bfloat16, the rest "
                       "float32 (default fp32)")
   t.add_argument("--train-examples", type=int, default=None,
