@@ -1,8 +1,8 @@
 """The paper's Table 1 (MNIST test error): baseline CNN, CapsNet with 1 and 3 routing iterations,
 each with and without the reconstruction loss, plus the `official` variant's r=3 row.
 
-    python experiments/table1.py --preset quick --seeds 1 --data-dir ../shared/tensorflow_datasets \
-        --update-readme
+    python experiments/table1.py --preset table1_cpu --seeds 1 \
+        --data-dir ../shared/tensorflow_datasets --update-readme
     python experiments/table1.py --preset paper --seeds 3 ...        # the GPU reproduction
 
 Every (row, seed) trains in its own workdir, OUT/PRESET/ROW/seedN, through `capsjax.train` (the
@@ -19,6 +19,7 @@ parameters, steps, wall time and hardware; `--update-readme` writes it between t
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -111,9 +112,21 @@ def run_one(preset_name: str, row: str, seed: int, config: TrainConfig, workdir:
 
 
 def hardware() -> str:
+  """What the run trained on: "2 CPU cores (AMD EPYC)", "1x NVIDIA H100 80GB HBM3 (gpu)"."""
   device = jax.devices()[0]
-  kind = getattr(device, "device_kind", "") or platform.processor() or platform.machine()
-  return f"{jax.device_count()}x {kind} ({jax.default_backend()})"
+  if device.platform == "cpu":
+    return f"{os.cpu_count()} CPU cores ({_cpu_model()})"
+  return f"{jax.device_count()}x {device.device_kind} ({device.platform})"
+
+
+def _cpu_model() -> str:
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.partition(":")[2].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def table(results: list[dict], preset_name: str, rows: list[str]) -> str:
@@ -134,8 +147,10 @@ def table(results: list[dict], preset_name: str, rows: list[str]) -> str:
     lines.append(f"| {label} | {ours} | {len(runs)} | {paper_text} | {runs[0]['params']:,} | "
                  f"{runs[0]['steps']:,} | {minutes:.1f} min |")
   hw = results[0].get("hardware", "?") if results else "?"
+  dates = sorted({r["date"] for r in results if "date" in r})
+  when = f", {' to '.join(dict.fromkeys((dates[0], dates[-1])))}" if dates else ""
   return "\n".join(lines) + (
-      f"\n\n`{preset_name}` preset on {hw}, JAX {jax.__version__}; test error on "
+      f"\n\n`{preset_name}` preset on {hw}{when}, JAX {jax.__version__}; test error on "
       f"{results[0]['test_examples']:,} MNIST test images; wall time includes data loading, "
       "compilation and the final evaluation. Paper: Sabour et al. 2017, Table 1 (its "
       "baseline's sd is not given; the paper's runs are far longer than a CPU preset's)."
@@ -192,6 +207,7 @@ def main(argv=None) -> int:
     record = run_one(args.preset, row, seed, config, out / row / f"seed{seed}", args.data_dir,
                      limits, not args.no_progress)
     record["hardware"] = hardware()
+    record["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     results.append(record)
     results_path.write_text(json.dumps(results, indent=2))
     print(json.dumps(record), flush=True)
