@@ -11,6 +11,10 @@ A save checks the free space first (the previous checkpoint's size, or the array
 first) and stops before starting a write that cannot fit. A save that fails all the same (disk
 full, read-only, workdir gone) raises one-line `StorageError` and removes its temporary folder;
 the complete checkpoints are never touched.
+
+In a multi-process run (capsjax/distributed.py) every process calls `save` and `restore`, which
+Orbax turns into collective writes and reads (the replicated state is written by process 0, the
+manifest after every process has finished); files are removed or moved by process 0 alone.
 """
 
 import contextlib
@@ -29,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from capsjax import faults
+from capsjax import distributed, faults
 from capsjax.workdir import NO_SPACE, StorageError, free_bytes, megabytes, os_error_reason
 
 MANIFEST = "capsjax_files.json"
@@ -167,10 +171,11 @@ class Checkpointer:
     self.guard = guard
     self.directory = self.workdir / "checkpoints"
     self.removed_incomplete: list[str] = []
-    if cleanup and self.directory.is_dir():
+    if cleanup and self.directory.is_dir() and distributed.is_main():
       for tmp in sorted(self.directory.glob(f"*{TMP_MARKER}*")):
         shutil.rmtree(tmp)
         self.removed_incomplete.append(tmp.name)
+    distributed.barrier("capsjax-checkpoints-cleaned")
     # Synchronous saves: the train step donates its state buffers, so an async save could read
     # memory that the next step is already overwriting.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -355,8 +360,10 @@ class Checkpointer:
 
   def _quarantine(self, step: int) -> Path:
     target = self.workdir / "corrupt_checkpoints" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-    target.parent.mkdir(exist_ok=True)
-    shutil.move(self.directory / str(step), target)
+    if distributed.is_main():  # the others found the same damage in the same shared files
+      target.parent.mkdir(exist_ok=True)
+      shutil.move(self.directory / str(step), target)
+    distributed.barrier(f"capsjax-quarantined-{step}")
     self.manager.reload()
     return target
 

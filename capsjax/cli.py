@@ -83,6 +83,16 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--devices", type=int, default=None, metavar="N",
                  help="data parallelism over N local devices (default: all; the batch size "
                       "must be divisible by N)")
+  t.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                 help="multi-process run: process 0's address (with --num-processes and "
+                      "--process-id, given to every process)")
+  t.add_argument("--num-processes", type=int, default=None, metavar="N")
+  t.add_argument("--process-id", type=int, default=None, metavar="I")
+  t.add_argument("--distributed", action="store_true",
+                 help="multi-process run set up from SLURM, Open MPI or a Cloud TPU pod")
+  t.add_argument("--coordinator-timeout", type=float, default=None, metavar="SECONDS",
+                 help="how long to wait for the coordinator and the other processes "
+                      "(default 300)")
   t.add_argument("--precision", choices=list(archs.PRECISIONS), default=None,
                  help="bf16: convolutions, votes and decoder matmuls in bfloat16, the rest "
                       "float32 (default fp32)")
@@ -152,8 +162,13 @@ def _viz(args) -> dict:
 def _train(args) -> dict:
   from capsjax import api
   from capsjax import config as config_lib
+  from capsjax import distributed
 
   config = config_lib.get_preset(args.config)
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         auto=args.distributed,
+                         timeout_s=(distributed.DEFAULT_TIMEOUT_S if args.coordinator_timeout
+                                    is None else args.coordinator_timeout))
   overrides = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs,
                "max_steps": args.max_steps, "batch_size": args.batch_size,
                "routing": args.routing, "routing_iters": args.routing_iters,
@@ -331,7 +346,9 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     sys.stderr.write("capsjax: interrupted\n")
     return 130
-  print(result if isinstance(result, str) else json.dumps(result, default=repr))
+  jax = sys.modules.get("jax")
+  if jax is None or jax.process_index() == 0:  # a multi-process run reports once
+    print(result if isinstance(result, str) else json.dumps(result, default=repr))
   return 0
 
 

@@ -48,7 +48,10 @@ def check_labels(labels: Any, num_classes: int) -> None:
   """
   if not _is_concrete(labels):
     return
-  arr = np.asarray(labels)
+  if isinstance(labels, jax.Array) and not labels.is_fully_addressable:  # multi-process: its part
+    arr = np.concatenate([np.asarray(s.data).ravel() for s in labels.addressable_shards])
+  else:
+    arr = np.asarray(labels)
   if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
     raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values from {arr.min()} "
                      f"to {arr.max()}.")

@@ -1,10 +1,13 @@
-"""Data parallelism with `jax.sharding`: one `Mesh` axis, `data`, over the local devices.
+"""Data parallelism with `jax.sharding`: one `Mesh` axis, `data`, over the devices.
 
 The pattern of flax's NNX data-parallel example: parameters and optimizer state are replicated
 on every device, each step's batch is split along the `data` axis, and XLA's partitioner turns
 the batch-mean gradient into an all-reduce. Nothing else changes: the same compiled step runs on
 one device or N, and after K steps the parameters equal a single-device run's with the same
 global batch up to float rounding (tests/test_parallel.py states the tolerance).
+
+In a multi-process run (capsjax/distributed.py) the mesh spans the devices of every process, and
+`put` builds each global array from the parts on the calling process's own devices.
 """
 
 import jax
@@ -15,12 +18,21 @@ AXIS = "data"
 
 
 def make_mesh(devices: int | None, batch_size: int) -> Mesh:
-  """A 1-D mesh over the first `devices` local devices (None: all of them).
+  """A 1-D mesh over the first `devices` devices (None: all of them; in a multi-process run,
+  always all of every process's).
 
   Raises ValueError (one line) if more devices are asked for than are present, or if the
-  batch does not split evenly over them.
+  batch does not split evenly over them (or over the processes).
   """
-  present = jax.local_devices()
+  present = jax.devices()
+  processes = jax.process_count()
+  if processes > 1:
+    if batch_size % processes:
+      raise ValueError(f"global batch size {batch_size} does not split over {processes} "
+                       f"processes; use a batch size divisible by {processes}.")
+    if devices is not None and devices != len(present):
+      raise ValueError(f"--devices {devices}: a {processes}-process run uses every device of "
+                       f"every process ({len(present)}); leave --devices out.")
   n = len(present) if devices is None else devices
   if isinstance(n, bool) or not isinstance(n, int) or n < 1:
     raise ValueError(f"devices must be a positive integer, got {devices!r}.")
@@ -43,12 +55,31 @@ def batch_split(mesh: Mesh, axis: int = 0) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
 
 
+def put(tree, sharding: NamedSharding):
+  """`jax.device_put(tree, sharding)` that also works across processes: there each process
+  supplies, from its own copy of every array, only the parts on its own devices."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: _global_array(x, sharding), tree)
+
+
+def _global_array(x, sharding: NamedSharding) -> jax.Array:
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _global_array(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def batch_placer(mesh: Mesh, batch_size: int):
   """`place(arrays)`: puts a batch's arrays (leading axis B) on `mesh` split along B, so that
-  each device evaluates its part; None (leave the batch whole) for one device or a batch size
-  that does not split evenly."""
+  each device evaluates its part; when the batch does not split evenly, whole on every device
+  (multi-process) or None: left to the jitted step (one process)."""
   n = mesh.devices.size
-  if n == 1 or batch_size % n:
+  if n > 1 and batch_size % n == 0:
+    sharding = batch_split(mesh)
+  elif jax.process_count() > 1:
+    sharding = replicated(mesh)
+  else:
     return None
-  sharding = batch_split(mesh)
-  return lambda arrays: jax.device_put(arrays, sharding)
+  return lambda arrays: put(arrays, sharding)

@@ -7,13 +7,15 @@ hands it, per chunk, the device arrays that program reads:
   MB); a chunk is then only its [K, B] example indices (a few KB) and two scalars, and each step
   gathers its batch on the device.
 - `HostBatches`: for a split too large for the device: each chunk's K batches are gathered on the
-  host and copied with `jax.device_put`, which is asynchronous, so the loop prepares chunk i + 1
-  while the device runs chunk i (a prefetch of one chunk).
+  host, as [K, B, ...], and copied with `jax.device_put`, which is asynchronous, so the loop
+  prepares chunk i + 1 while the device runs chunk i (a prefetch of one chunk).
 
 Both draw the same example indices, `capsjax.data.batch_indices(seed, step)`, so the data order
 (and so a resumed run) is the same whichever source runs. With a `mesh` (capsjax/parallel.py)
-the data is replicated on its devices and each step's indices are split over its `data` axis, so
-every device gathers and trains on its own part of the batch.
+each step's batch is split over its `data` axis: the resident split is copied whole to every
+device and only the indices are split; host batches are split themselves. Across processes each
+process builds only the parts on its own devices (`jax.make_array_from_callback`): the indices of
+its share of every batch, or just those examples.
 """
 
 import os
@@ -34,9 +36,10 @@ DEVICE_DATA_FRACTION = 0.25
 class Chunk(NamedTuple):
   """The data arguments of a `make_train_chunk` program, all on the device."""
 
-  images: jax.Array  # [N, H, W, C] uint8
-  labels: jax.Array  # [N] int32
-  indices: jax.Array  # [K, B] int32, rows from num_steps on unused
+  images: jax.Array  # [N, H, W, C] uint8: the split; or [K, B, H, W, C]: the chunk's batches
+  labels: jax.Array  # [N] or [K, B] int32
+  indices: jax.Array | None  # [K, B] int32 into the split, rows from num_steps on unused; None
+  # when images holds the batches themselves
   first_step: jax.Array  # () int32, global 0-based step of row 0
   num_steps: jax.Array  # () int32
 
@@ -80,16 +83,15 @@ class DeviceResident:
                mesh: Mesh | None = None):
     data.steps_per_epoch(len(split), batch_size)
     self.whole, self.split_rows = _placements(mesh)
-    self.images = jax.device_put(split.images, self.whole)
-    self.labels = jax.device_put(split.labels, self.whole)
+    self.images, self.labels = parallel.put((split.images, split.labels), self.whole)
     self.num_examples, self.batch_size, self.seed, self.capacity = (
         len(split), batch_size, seed, capacity)
 
   def chunk(self, first_step: int, num_steps: int) -> Chunk:
     rows = chunk_indices(self.num_examples, self.batch_size, self.seed, first_step, num_steps,
                          self.capacity)
-    return Chunk(self.images, self.labels, jax.device_put(rows, self.split_rows),
-                 *jax.device_put((np.int32(first_step), np.int32(num_steps)), self.whole))
+    return Chunk(self.images, self.labels, _part(rows.shape, self.split_rows, lambda i: rows[i]),
+                 *parallel.put((np.int32(first_step), np.int32(num_steps)), self.whole))
 
 
 class HostBatches:
@@ -100,22 +102,30 @@ class HostBatches:
     data.steps_per_epoch(len(split), batch_size)
     self.split, self.batch_size, self.seed, self.capacity = split, batch_size, seed, capacity
     self.whole, self.split_rows = _placements(mesh)
-    # The chunk's own batches, in order: row i of the indices is simply i*B .. (i+1)*B - 1.
-    self.local = jax.device_put(
-        np.arange(capacity * batch_size, dtype=np.int32).reshape(capacity, batch_size),
-        self.split_rows)
 
   def chunk(self, first_step: int, num_steps: int) -> Chunk:
     rows = chunk_indices(len(self.split), self.batch_size, self.seed, first_step, num_steps,
-                         self.capacity).reshape(-1)
-    images, labels, first, num = jax.device_put(
-        (self.split.images[rows], self.split.labels[rows], np.int32(first_step),
-         np.int32(num_steps)), self.whole)
-    return Chunk(images, labels, self.local, first, num)
+                         self.capacity)
+    images, labels = self.split.images, self.split.labels
+    # Only the [K, B] block of rows this process's devices train on is gathered.
+    return Chunk(
+        _part((*rows.shape, *images.shape[1:]), self.split_rows,
+              lambda i: images[rows[i[:2]]][(slice(None), slice(None), *i[2:])]),
+        _part(rows.shape, self.split_rows, lambda i: labels[rows[i]]), None,
+        *parallel.put((np.int32(first_step), np.int32(num_steps)), self.whole))
+
+
+def _part(shape: tuple[int, ...], sharding, block) -> jax.Array:
+  """A device array of `shape` from `block(index)`, the host values of one device's part; with
+  no `sharding`, the whole array on the default device."""
+  if sharding is None:
+    return jax.device_put(block(tuple(slice(None) for _ in shape)))
+  return jax.make_array_from_callback(shape, sharding, block)
 
 
 def _placements(mesh: Mesh | None):
-  """(whole arrays, [K, B] indices split on B): on `mesh`'s devices, else the default device."""
+  """(whole arrays, [K, B, ...] arrays split on B): on `mesh`'s devices, else the default
+  device."""
   if mesh is None:
     return None, None
   return parallel.replicated(mesh), parallel.batch_split(mesh, axis=1)

@@ -162,8 +162,8 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None
   Step i (0 <= i < num_steps, both scalars on the device, num_steps <= K) trains on
   `images[indices[i]]` with key `fold_in(base_key, first_step + i)`, exactly the batch and key
   that `make_train_step` would be given for global step first_step + i. `images`/`labels` are the
-  whole training split resident on the device, or just this chunk's batches (then `indices` is a
-  range). A step whose loss or gradient is non-finite leaves the state as it was and ends the
+  whole training split resident on the device; or, with `indices` None, this chunk's batches
+  themselves, [K, B, H, W, C] / [K, B], step i training on `images[i]`. A step whose loss or gradient is non-finite leaves the state as it was and ends the
   chunk (`ChunkResult.bad_step`), so the returned state is the last good one. One compilation
   serves every num_steps <= K (a `while_loop`); `state` is donated.
   """
@@ -171,6 +171,8 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None
 
   def chunk(state, images, labels, indices, first_step, num_steps, base_key):
     def batch(i):
+      if indices is None:
+        return images[i], labels[i]
       idx = indices[i]
       return jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
 
@@ -178,7 +180,8 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None
       return jax.random.fold_in(base_key, first_step + i)
 
     shapes = jax.eval_shape(update, state, *batch(0), key_of(0))[1]
-    buffer = jax.tree.map(lambda s: jnp.zeros((indices.shape[0], *s.shape), s.dtype), shapes)
+    capacity = (labels if indices is None else indices).shape[0]
+    buffer = jax.tree.map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), shapes)
 
     def not_done(carry):
       _, i, bad, _ = carry

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from capsjax import archs
 from capsjax import config as config_lib
-from capsjax import data, faults, parallel, pipeline, steps
+from capsjax import data, distributed, faults, parallel, pipeline, steps
 from capsjax import routing as routing_lib
 from capsjax import tensorboard as tensorboard_lib
 from capsjax.augment import shift_transform
@@ -200,9 +201,20 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   if tensorboard:
     tensorboard_lib.check_available()
   workdir = prepare_workdir(workdir)
-  with WorkdirLock(workdir) as lock:  # before anything in the workdir is read or changed
-    return _train_locked(config, workdir, lock, data_dir, train_limit, test_limit, progress,
-                         tensorboard, mesh)
+  # Process 0 owns the workdir (the lock, metrics, config.json); the others of a multi-process
+  # run only take part in the checkpoints' collective writes and reads.
+  lock = WorkdirLock(workdir) if distributed.is_main() else _NoLock()
+  with lock:  # before anything in the workdir is read or changed
+    distributed.barrier("capsjax-workdir-locked")
+    return _train_locked(config, workdir, lock, data_dir, train_limit, test_limit,
+                         progress and distributed.is_main(), tensorboard, mesh)
+
+
+class _NoLock(contextlib.nullcontext):
+  """The workdir "lock" of a process other than 0 (process 0 holds the real one)."""
+
+  def check(self) -> None:
+    pass
 
 
 def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_dir: str | None,
@@ -217,31 +229,34 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
 
   graphdef, state = create_state(settings, config)
   # Replicated on the mesh's devices (one device: just placed there); a restore keeps this.
-  state = jax.device_put(state, parallel.replicated(mesh))
-  board = tensorboard_lib.TensorBoardWriter(workdir) if tensorboard else None
+  state = parallel.put(state, parallel.replicated(mesh))
+  main = distributed.is_main()
+  say = print if main else (lambda *_: None)
+  board = tensorboard_lib.TensorBoardWriter(workdir) if tensorboard and main else None
   with Checkpointer(workdir, keep=config.keep_checkpoints, cleanup=True,
                     guard=lock.check) as ckpt, (
       contextlib.closing(board) if board else contextlib.nullcontext()):
     for name in ckpt.removed_incomplete:
-      print(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
+      say(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
     start_step = 0
     restored = ckpt.restore_newest_good(
-        state, lambda meta: _check_resumable(meta.get("model", {}), settings, workdir))
+        state, lambda meta: _check_resumable(meta.get("model", {}), settings, workdir), say)
     if restored is not None:
       state, saved = restored
       start_step = int(saved["step"])
-      print(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
+      say(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
       now = dataclasses.asdict(config)
       changed = _differences(saved.get("config", {}), now, set(now) - set(_FREE_ON_RESUME))
       if changed:  # allowed, but the user should know the run leaves the uninterrupted path
-        print(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
+        say(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
               "resumed run will differ from an uninterrupted one.")
       if saved["seed"] != config.seed:  # data order and augmentation keys follow the run's seed
-        print(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
+        say(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
         config = dataclasses.replace(config, seed=saved["seed"])
     try:
-      write_text_atomic(workdir / "config.json", json.dumps(
-          {"config": dataclasses.asdict(config), "model": settings}, indent=2))
+      if main:
+        write_text_atomic(workdir / "config.json", json.dumps(
+            {"config": dataclasses.asdict(config), "model": settings}, indent=2))
     except StorageError as e:
       raise StorageError(f"{e}; {ckpt.last_complete_phrase()}") from e
     meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
@@ -250,20 +265,21 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     loss_fn = arch.loss(config)
     eval_step = steps.make_eval_step(graphdef, loss_fn)
     writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
-    outputs = steps.make_outputs_step(graphdef, arch.outputs) if board else None
+    write = writer.write if main else (lambda record: None)
+    outputs = steps.make_outputs_step(graphdef, arch.outputs) if tensorboard else None
     eval_batch_size = config.eval_batch_size or steps.default_eval_batch_size()
-    base_key = jax.device_put(jax.random.key(config.seed), parallel.replicated(mesh))
+    base_key = parallel.put(jax.random.key(config.seed), parallel.replicated(mesh))
     schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
     def run_eval(step: int) -> dict[str, Any]:
       result = evaluate(eval_step, state, test_split, eval_batch_size, progress,
                         parallel.batch_placer(mesh, eval_batch_size))
       record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
-      writer.write(record)
-      if board is not None:
+      write(record)
+      if outputs is not None:  # every process runs the program; process 0 writes the images
         sample = test_split.images[:8]
-        recon = outputs(state, sample).reconstructions
-        if recon is not None:  # networks without a decoder have none to show
+        recon = outputs(state, parallel.put(sample, parallel.replicated(mesh))).reconstructions
+        if recon is not None and board is not None:  # networks without a decoder have none
           board.images(step, sample, np.asarray(recon))
       return record
 
@@ -307,29 +323,36 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
           pending = []
           rate = window_images / (time.time() - window_start)
           window_start, window_images = time.time(), 0
-          writer.write({**train_record(done, summary), "images_per_sec": rate,
+          write({**train_record(done, summary), "images_per_sec": rate,
                         "learning_rate": float(schedule(done - 1)),
                         "elapsed_s": time.time() - t_start})
           bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
                           img_s=f"{rate:.0f}")
         bar.update(ran)
         faults.pause_after_step(done, lambda: stop.requested)
-        if stop.requested and done < total_steps:
+        # A signal may reach the processes of a multi-process run chunks apart: all stop at the
+        # first chunk end where any has it, so that all save the same step together.
+        stopping = distributed.any_process(stop.requested)
+        if stopping and done < total_steps:
           bar.close()
           ckpt.save(done, state, meta)
-          raise TrainingInterrupted(stop.signum, done, str(ckpt.directory))
+          raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, str(ckpt.directory))
         if done % config.checkpoint_every == 0 and done < total_steps:
           ckpt.save(done, state, meta)
         if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-          bar.write(f"step {done}: test accuracy {run_eval(done)['test_accuracy']:.4%}")
+          accuracy = run_eval(done)["test_accuracy"]
+          if main:
+            bar.write(f"step {done}: test accuracy {accuracy:.4%}")
       bar.close()
       final_step = max(start_step, total_steps)
       if start_step >= total_steps:
-        print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
+        say(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
       else:
         ckpt.save(total_steps, state, meta)
-      if stop.requested:  # arrived during the last step: skip the final evaluation too
-        raise TrainingInterrupted(stop.signum, final_step, str(ckpt.directory))
+      if distributed.any_process(stop.requested):  # arrived during the last chunk: no final
+        # evaluation either
+        raise TrainingInterrupted(stop.signum or signal.SIGTERM, final_step,
+                                  str(ckpt.directory))
     final = run_eval(final_step)
     final["train_seconds"] = time.time() - t_start
     return final
