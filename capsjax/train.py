@@ -249,7 +249,7 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
       changed = _differences(saved.get("config", {}), now, set(now) - set(_FREE_ON_RESUME))
       if changed:  # allowed, but the user should know the run leaves the uninterrupted path
         say(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
-              "resumed run will differ from an uninterrupted one.")
+            "resumed run will differ from an uninterrupted one.")
       if saved["seed"] != config.seed:  # data order and augmentation keys follow the run's seed
         say(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
         config = dataclasses.replace(config, seed=saved["seed"])
@@ -324,8 +324,7 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
           rate = window_images / (time.time() - window_start)
           window_start, window_images = time.time(), 0
           write({**train_record(done, summary), "images_per_sec": rate,
-                        "learning_rate": float(schedule(done - 1)),
-                        "elapsed_s": time.time() - t_start})
+                 "learning_rate": float(schedule(done - 1)), "elapsed_s": time.time() - t_start})
           bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
                           img_s=f"{rate:.0f}")
         bar.update(ran)
@@ -336,6 +335,7 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
         if stopping and done < total_steps:
           bar.close()
           ckpt.save(done, state, meta)
+          # (a process that got no signal itself reports SIGTERM, a scheduler's usual one)
           raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, str(ckpt.directory))
         if done % config.checkpoint_every == 0 and done < total_steps:
           ckpt.save(done, state, meta)
