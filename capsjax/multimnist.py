@@ -83,3 +83,16 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, num_classes: int = 10,
                 sources)
 
   return pair
+
+
+def both_correct(lengths: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """[B] bool: the two longest capsules are exactly the example's two classes (the official
+  rule, and the paper's error of 5.2% counts examples where this fails)."""
+  top2 = jax.lax.top_k(lengths, 2)[1]
+  return jnp.all(jnp.sort(top2, axis=-1) == jnp.sort(labels, axis=-1), axis=-1)
+
+
+def one_correct(lengths: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """[B] bool: at least one of the two longest capsules is one of the example's classes."""
+  top2 = jax.lax.top_k(lengths, 2)[1]
+  return jnp.any(top2[:, :, None] == labels[:, None, :], axis=(-2, -1))

@@ -44,14 +44,14 @@ def test_pairs_are_a_pure_function_of_key_and_index():
 
 def test_pairs_are_the_same_in_another_process():
   """What a resumed run or another host computes: the same pairs for the same (key, index)."""
-  script = textwrap.dedent(f"""
+  script = textwrap.dedent("""
       import json, jax, jax.numpy as jnp, numpy as np
       from capsjax import multimnist
       from test_multimnist import _batch, _digits
       p = _batch(multimnist.make_pairs(*_digits()), [5, 77_777, 299_999])
-      print(json.dumps({{"image_sum": float(np.asarray(p.image, np.float64).sum()),
+      print(json.dumps({"image_sum": float(np.asarray(p.image, np.float64).sum()),
                         "sources": np.asarray(p.sources).tolist(),
-                        "shifts": np.asarray(p.shifts).tolist()}}))
+                        "shifts": np.asarray(p.shifts).tolist()}))
   """)
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
                         env={"PYTHONPATH": f"{REPO}:{REPO}/tests", "JAX_PLATFORMS": "cpu",
@@ -119,3 +119,52 @@ def test_one_class_only_is_refused():
 def test_example_counts_are_the_papers():
   assert multimnist.num_examples(60_000) == 60_000_000
   assert multimnist.num_examples(10_000) == 10_000_000
+
+
+def test_two_hot_and_the_two_digit_loss_on_hand_made_cases():
+  from capsjax import losses
+  labels = jnp.array([[3, 7], [0, 9]])
+  np.testing.assert_array_equal(losses.two_hot(labels, 10)[0],
+                                [0, 0, 0, 1, 0, 0, 0, 1, 0, 0])
+  # Lengths 0.9 on both true classes and 0.1 elsewhere: no margin loss; the reconstruction of
+  # digit 1 misses by 0.5 on 4 pixels (4 * 0.25 = 1), digit 2 is exact.
+  lengths = jnp.full((2, 10), 0.1).at[0, jnp.array([3, 7])].set(0.9)
+  lengths = lengths.at[1, jnp.array([0, 9])].set(0.9)
+  digits = jnp.zeros((2, 2, 6, 6, 1)).at[:, 0, :2, :2].set(1.0)
+  recons = digits.at[:, 0, :2, :2].set(0.5)
+  assert float(losses.two_digit_loss(lengths, labels, recons, digits)) == pytest.approx(0.0005)
+  # One true class at 0.5 instead of 0.9 costs (0.9 - 0.5)^2 = 0.16 in that example.
+  worse = lengths.at[0, 7].set(0.5)
+  assert float(losses.two_digit_loss(worse, labels, digits, digits)) == pytest.approx(0.16 / 2)
+
+
+def test_both_correct_needs_exactly_the_two_classes():
+  labels = jnp.array([[3, 7], [3, 7], [3, 7], [2, 5]])
+  lengths = jnp.full((4, 10), 0.1)
+  lengths = lengths.at[0, 7].set(0.9).at[0, 3].set(0.8)  # both right, in either order
+  lengths = lengths.at[1, 3].set(0.9).at[1, 4].set(0.8)  # one right
+  lengths = lengths.at[2, 0].set(0.9).at[2, 1].set(0.8)  # none right
+  lengths = lengths.at[3, 5].set(0.9).at[3, 2].set(0.85)
+  np.testing.assert_array_equal(multimnist.both_correct(lengths, labels),
+                                [True, False, False, True])
+  np.testing.assert_array_equal(multimnist.one_correct(lengths, labels),
+                                [True, True, False, True])
+
+
+@pytest.mark.parametrize("vote_chunk_size", [None, 800])
+def test_capsnet_takes_the_36x36_canvas_with_3200_primary_capsules(vote_chunk_size):
+  """The paper's network on MultiMNIST's canvas: 10x10x32 primary capsules, with the plain and
+  the memory-efficient (chunked) votes giving the same capsules."""
+  from flax import nnx
+  from capsjax.model import CapsNet
+  images, labels = _digits(20)
+  p = _batch(multimnist.make_pairs(images, labels), [0, 5_000])
+  kwargs = {} if vote_chunk_size is None else {"vote_chunk_size": vote_chunk_size}
+  model = CapsNet(input_shape=(36, 36, 1), rngs=nnx.Rngs(0), **kwargs)
+  assert model.num_primary == 3200 and model.primary_grid == (10, 10, 32)
+  out = model(p.image, p.labels[:, 0])
+  assert out.lengths.shape == (2, 10) and out.reconstructions.shape == (2, 36, 36, 1)
+  assert out.couplings.shape == (2, 3200, 10)
+  np.testing.assert_allclose(out.couplings.sum(-1), 1.0, rtol=1e-5)
+  reference = CapsNet(input_shape=(36, 36, 1), rngs=nnx.Rngs(0))(p.image, p.labels[:, 0])
+  np.testing.assert_allclose(out.v, reference.v, rtol=2e-4, atol=1e-6)
