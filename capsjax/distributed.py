@@ -15,7 +15,7 @@ Two ways to start:
 Before joining, a process other than 0 waits up to `timeout_s` for the coordinator to accept a
 TCP connection and raises a one-line ValueError if it never does (JAX itself would abort the
 process with a C++ stack trace). Process 0 checks that it can listen on the port. Once all have
-joined, JAX's own heartbeat stops every process if one dies.
+joined, JAX's heartbeat is meant to stop every process if one dies (not tested here).
 """
 
 import socket

@@ -68,7 +68,16 @@ def _global_array(x, sharding: NamedSharding) -> jax.Array:
     data = _global_array(jax.random.key_data(x), sharding)
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
   host = np.asarray(x)
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return from_parts(host.shape, sharding, lambda index: host[index])
+
+
+def from_parts(shape: tuple[int, ...], sharding: NamedSharding | None, part) -> jax.Array:
+  """A device array of `shape` from `part(index)`, the host values of one device's part (index:
+  a tuple of slices); each process computes only the parts on its own devices. With no
+  `sharding`, the whole array on the default device."""
+  if sharding is None:
+    return jax.device_put(part(tuple(slice(None) for _ in shape)))
+  return jax.make_array_from_callback(shape, sharding, part)
 
 
 def batch_placer(mesh: Mesh, batch_size: int):

@@ -90,7 +90,8 @@ class DeviceResident:
   def chunk(self, first_step: int, num_steps: int) -> Chunk:
     rows = chunk_indices(self.num_examples, self.batch_size, self.seed, first_step, num_steps,
                          self.capacity)
-    return Chunk(self.images, self.labels, _part(rows.shape, self.split_rows, lambda i: rows[i]),
+    indices = parallel.from_parts(rows.shape, self.split_rows, lambda i: rows[i])
+    return Chunk(self.images, self.labels, indices,
                  *parallel.put((np.int32(first_step), np.int32(num_steps)), self.whole))
 
 
@@ -108,19 +109,12 @@ class HostBatches:
                          self.capacity)
     images, labels = self.split.images, self.split.labels
     # Only the [K, B] block of rows this process's devices train on is gathered.
-    return Chunk(
-        _part((*rows.shape, *images.shape[1:]), self.split_rows,
-              lambda i: images[rows[i[:2]]][(slice(None), slice(None), *i[2:])]),
-        _part(rows.shape, self.split_rows, lambda i: labels[rows[i]]), None,
-        *parallel.put((np.int32(first_step), np.int32(num_steps)), self.whole))
-
-
-def _part(shape: tuple[int, ...], sharding, block) -> jax.Array:
-  """A device array of `shape` from `block(index)`, the host values of one device's part; with
-  no `sharding`, the whole array on the default device."""
-  if sharding is None:
-    return jax.device_put(block(tuple(slice(None) for _ in shape)))
-  return jax.make_array_from_callback(shape, sharding, block)
+    batch_images = parallel.from_parts(
+        (*rows.shape, *images.shape[1:]), self.split_rows,
+        lambda i: images[rows[i[:2]]][(slice(None), slice(None), *i[2:])])
+    batch_labels = parallel.from_parts(rows.shape, self.split_rows, lambda i: labels[rows[i]])
+    return Chunk(batch_images, batch_labels, None,
+                 *parallel.put((np.int32(first_step), np.int32(num_steps)), self.whole))
 
 
 def _placements(mesh: Mesh | None):

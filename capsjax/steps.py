@@ -163,9 +163,10 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None
   `images[indices[i]]` with key `fold_in(base_key, first_step + i)`, exactly the batch and key
   that `make_train_step` would be given for global step first_step + i. `images`/`labels` are the
   whole training split resident on the device; or, with `indices` None, this chunk's batches
-  themselves, [K, B, H, W, C] / [K, B], step i training on `images[i]`. A step whose loss or gradient is non-finite leaves the state as it was and ends the
-  chunk (`ChunkResult.bad_step`), so the returned state is the last good one. One compilation
-  serves every num_steps <= K (a `while_loop`); `state` is donated.
+  themselves, [K, B, H, W, C] / [K, B], step i training on `images[i]`. A step whose loss or
+  gradient is non-finite leaves the state as it was and ends the chunk (`ChunkResult.bad_step`),
+  so the returned state is the last good one. One compilation serves every num_steps <= K (a
+  `while_loop`); `state` is donated.
   """
   update = _train_update(graphdef, loss_fn, transform)
 
