@@ -23,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from capsjax import archs, data, pipeline
+from capsjax import archs, data, datasets, pipeline
 from capsjax import routing as routing_lib
 from capsjax.runtime import tune_host_allocator
 
@@ -50,7 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
                  help="preset: quick, hour (CPU) or paper, baseline (GPU); capsjax/configs/")
   t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
-  t.add_argument("--dataset", default=None, help=f"one of {', '.join(data.SUPPORTED_DATASETS)}")
+  t.add_argument("--dataset", default=None,
+                 help=f"one of {', '.join(datasets.available('train'))} (default: the preset's)")
   t.add_argument("--arch", default=None,
                  help="the network: capsnet (default) or baseline (the paper's CNN, §5)")
   t.add_argument("--epochs", type=int, default=None)
@@ -99,7 +100,8 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--train-examples", type=int, default=None,
                  help="use only the first N training examples (smoke runs)")
   t.add_argument("--test-examples", type=int, default=None,
-                 help="evaluate on only the first N test examples (smoke runs)")
+                 help="evaluate on N test examples: the first N of a stored set, N spread "
+                      "evenly over a built one (MultiMNIST: default the preset's)")
   t.add_argument("--no-progress", action="store_true", help="no progress bar")
   t.add_argument("--tensorboard", action="store_true",
                  help="also log to WORKDIR/tensorboard (needs the tensorboard extra)")
@@ -109,8 +111,12 @@ def _build_parser() -> argparse.ArgumentParser:
   e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   e.add_argument("--batch-size", type=int, default=None,
                  help="default: the backend's measured best (see README)")
+  e.add_argument("--dataset", default=None,
+                 help=f"test set: one of {', '.join(datasets.available('test'))} (default: the "
+                      "one the run trained on)")
   e.add_argument("--test-examples", type=int, default=None,
-                 help="evaluate on only the first N test examples (default: all)")
+                 help="evaluate on N test examples: the first N of a stored set, N spread "
+                      "evenly over a built one (default: all)")
   e.add_argument("--no-progress", action="store_true", help="no progress bar")
   e.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                  help="import MODULE first (for runs that did not record their plugins)")
@@ -222,20 +228,16 @@ def _check_positive(args, *names: str) -> None:
 
 
 def _eval(args) -> dict:
-  from capsjax import archs, steps
   from capsjax import train as train_lib
 
   _check_positive(args, "batch_size", "test_examples")
+  if args.dataset is not None:
+    datasets.get(args.dataset, "test")
   data.resolve_data_dir(args.data_dir)
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
-  graphdef, state, meta = train_lib.load_for_eval(args.workdir)
-  config = train_lib.config_from_saved(meta["config"], report=lambda _: None)
-  split = data.load_split(config.dataset, "test", args.data_dir, limit=args.test_examples)
-  eval_step = steps.make_eval_step(graphdef, archs.of_settings(meta["model"]).loss(config))
-  result = train_lib.evaluate(eval_step, state, split,
-                              args.batch_size or steps.default_eval_batch_size(),
-                              progress=not args.no_progress)
-  return {"dataset": config.dataset, **train_lib.test_record(int(meta["step"]), result)}
+  return train_lib.evaluate_checkpoint(args.workdir, args.dataset, args.data_dir,
+                                       args.test_examples, args.batch_size,
+                                       progress=not args.no_progress)
 
 
 def _predict(args) -> int:

@@ -42,6 +42,9 @@ class TrainConfig:
   log_every: int = 20  # steps between train-metric lines (and progress-bar refreshes)
   eval_every: int = 0  # steps between full test-set evaluations; 0 = only at the end
   eval_batch_size: int | None = None  # None: steps.default_eval_batch_size() of the backend
+  # Evaluate on this many test examples, spread evenly over the set (`datasets.subset`); None:
+  # all (MultiMNIST: 10M pairs).
+  test_examples: int | None = None
   checkpoint_every: int = 1000  # steps between checkpoints; one is always written at the end
   keep_checkpoints: int = 3
   # Training data on the device ("device"), host batches copied per chunk ("host"), or "auto":
@@ -70,7 +73,8 @@ class TrainConfig:
     for name in positive:
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-    for name in ("epochs", "max_steps", "eval_batch_size", "steps_per_dispatch", "devices"):
+    for name in ("epochs", "max_steps", "eval_batch_size", "steps_per_dispatch", "devices",
+                 "test_examples"):
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}.")
@@ -82,6 +86,8 @@ class TrainConfig:
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
     archs.get(self.arch)
+    from capsjax import datasets  # (datasets imports the steps, which import the archs)
+    datasets.get(self.dataset, "train")
     _check_arch_settings(self)
     _check_model_settings(self.model, self.arch)
     if not isinstance(self.plugins, (list, tuple)):

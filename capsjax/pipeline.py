@@ -77,15 +77,20 @@ def chunk_indices(num_examples: int, batch_size: int, seed: int, first_step: int
 
 
 class DeviceResident:
-  """The training split on the device; chunks carry only indices."""
+  """The training split on the device; chunks carry only indices.
+
+  `num_examples`: the size of the set built on the stored `split` (default: len(split); more
+  for a set such as MultiMNIST's, whose examples the step builds from the stored split).
+  """
 
   def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int,
-               mesh: Mesh | None = None):
-    data.steps_per_epoch(len(split), batch_size)
+               mesh: Mesh | None = None, num_examples: int | None = None):
+    num_examples = len(split) if num_examples is None else num_examples
+    data.steps_per_epoch(num_examples, batch_size)
     self.whole, self.split_rows = _placements(mesh)
     self.images, self.labels = parallel.put((split.images, split.labels), self.whole)
     self.num_examples, self.batch_size, self.seed, self.capacity = (
-        len(split), batch_size, seed, capacity)
+        num_examples, batch_size, seed, capacity)
 
   def chunk(self, first_step: int, num_steps: int) -> Chunk:
     rows = chunk_indices(self.num_examples, self.batch_size, self.seed, first_step, num_steps,
@@ -99,7 +104,10 @@ class HostBatches:
   """The training split in host memory; each chunk's batches are copied to the device."""
 
   def __init__(self, split: data.Split, batch_size: int, seed: int, capacity: int,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, num_examples: int | None = None):
+    if num_examples not in (None, len(split)):
+      raise ValueError(f"host batches gather stored rows: a set of {num_examples} examples "
+                       f"built on {len(split)} stored ones needs the device pipeline.")
     data.steps_per_epoch(len(split), batch_size)
     self.split, self.batch_size, self.seed, self.capacity = split, batch_size, seed, capacity
     self.whole, self.split_rows = _placements(mesh)
@@ -126,9 +134,12 @@ def _placements(mesh: Mesh | None):
 
 
 def make_source(pipeline: str, split: data.Split, batch_size: int, seed: int, capacity: int,
-                mesh: Mesh | None = None):
+                mesh: Mesh | None = None, num_examples: int | None = None):
   """A `DeviceResident` or `HostBatches` source (see `choose`) of chunks of up to `capacity`
-  steps, on `mesh` (data parallel) if given."""
+  steps over a set of `num_examples` (default len(split)), on `mesh` (data parallel) if given.
+  "auto" keeps a set larger than its stored split on the device."""
   kind = choose(pipeline, split, None if mesh is None else mesh.devices.flat[0])
+  if pipeline == "auto" and num_examples not in (None, len(split)):
+    kind = "device"
   return (DeviceResident if kind == "device" else HostBatches)(split, batch_size, seed, capacity,
-                                                                mesh)
+                                                                mesh, num_examples)

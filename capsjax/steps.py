@@ -78,7 +78,8 @@ def _objective(loss_fn: LossFn, model, images, labels, *, train: bool, key=None,
   """Training loss (mean over the batch) and StepMetrics summed over the `valid` examples."""
   out = loss_fn(model, images, labels, train=train, key=key)
   w = jnp.ones_like(out.total) if valid is None else valid.astype(out.total.dtype)
-  correct = jnp.sum(w * (jnp.argmax(out.scores, -1) == labels))
+  right = jnp.argmax(out.scores, -1) == labels if out.correct is None else out.correct
+  correct = jnp.sum(w * right)
   return jnp.mean(out.total), StepMetrics(
       jnp.sum(w * out.total), {k: jnp.sum(w * v) for k, v in out.terms.items()}, correct,
       jnp.sum(w))
@@ -155,30 +156,36 @@ class ChunkResult(NamedTuple):
   bad_step: jnp.ndarray
 
 
-def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None = None):
+def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None = None, *,
+                     examples: Callable | None = None):
   """Returns jitted `chunk(state, images [N,H,W,C], labels [N], indices [K,B] int, first_step,
   num_steps, base_key) -> (state, ChunkResult)`: up to K training steps in one dispatch.
 
   Step i (0 <= i < num_steps, both scalars on the device, num_steps <= K) trains on
-  `images[indices[i]]` with key `fold_in(base_key, first_step + i)`, exactly the batch and key
-  that `make_train_step` would be given for global step first_step + i. `images`/`labels` are the
-  whole training split resident on the device; or, with `indices` None, this chunk's batches
-  themselves, [K, B, H, W, C] / [K, B], step i training on `images[i]`. A step whose loss or
+  `examples(key, images, labels, indices[i])` with key `fold_in(base_key, first_step + i)`
+  (`capsjax.datasets.Examples`; default: `gather(transform)`, the rows `images[indices[i]]`
+  transformed, exactly the batch and key that `make_train_step` would be given for global step
+  first_step + i). `images`/`labels` are the stored training split resident on the device; or,
+  with `indices` None, this chunk's rows themselves, [K, B, H, W, C] / [K, B], step i building
+  its batch from `images[i]` as a split of B rows. A step whose loss or
   gradient is non-finite leaves the state as it was and ends the chunk (`ChunkResult.bad_step`),
   so the returned state is the last good one. One compilation serves every num_steps <= K (a
   `while_loop`); `state` is donated.
   """
-  update = _train_update(graphdef, loss_fn, transform)
+  if examples is None:
+    from capsjax.datasets import gather  # (datasets imports this module)
+    examples = gather(transform)
+  update = _train_update(graphdef, loss_fn, None)
 
   def chunk(state, images, labels, indices, first_step, num_steps, base_key):
-    def batch(i):
-      if indices is None:
-        return images[i], labels[i]
-      idx = indices[i]
-      return jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
-
     def key_of(i):
       return jax.random.fold_in(base_key, first_step + i)
+
+    def batch(i):
+      if indices is None:
+        rows = jnp.arange(labels.shape[1], dtype=jnp.int32)
+        return examples(key_of(i), images[i], labels[i], rows)
+      return examples(key_of(i), images, labels, indices[i])
 
     shapes = jax.eval_shape(update, state, *batch(0), key_of(0))[1]
     capacity = (labels if indices is None else indices).shape[0]
@@ -205,13 +212,17 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None
   return jax.jit(chunk, donate_argnums=0)
 
 
-def make_eval_step(graphdef: Any, loss_fn: LossFn):
+def make_eval_step(graphdef: Any, loss_fn: LossFn, examples: Callable | None = None):
   """Returns jitted `step(state, images, labels, valid [B] bool) -> StepMetrics`.
 
   `graphdef`/`state`: of the model alone (`load_for_eval`), or of the (model, optimizer) pair
   that training uses (the optimizer is not touched). Test-time behaviour (CapsNet: decoder
   masked by the predicted class); padded examples (valid = False) do not count. Labels outside
   [0, num_classes) raise ValueError.
+
+  With `examples` (`capsjax.datasets.Examples`): `step(state, images [N,...], labels [N],
+  index [B], valid [B]) -> StepMetrics` over `examples(None, images, labels, index)`, the stored
+  test split resident on the device (checked when it was loaded, so no label check here).
   """
 
   def step(state, images, labels, valid):
@@ -219,6 +230,12 @@ def make_eval_step(graphdef: Any, loss_fn: LossFn):
     _, metrics = _objective(loss_fn, model, to_float(images), labels, train=False, valid=valid)
     return metrics
 
+  if examples is not None:
+    def indexed(state, images, labels, index, valid):
+      x, targets = examples(None, images, labels, index)
+      return step(state, x, targets, valid)
+
+    return jax.jit(indexed)
   return _checking_labels(jax.jit(step), graphdef)
 
 

@@ -16,10 +16,9 @@ from tqdm.auto import tqdm
 
 from capsjax import archs
 from capsjax import config as config_lib
-from capsjax import data, distributed, faults, parallel, pipeline, steps
+from capsjax import data, datasets, distributed, faults, parallel, pipeline, steps
 from capsjax import routing as routing_lib
 from capsjax import tensorboard as tensorboard_lib
-from capsjax.augment import shift_transform
 from capsjax.checkpoint import CheckpointError, Checkpointer, NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.interrupt import StopOnSignal, TrainingInterrupted
@@ -31,12 +30,15 @@ from capsjax.workdir import (StorageError, WorkdirLock, append_line, prepare_wor
 MODEL_KEYS = ("arch", "input_shape", "num_classes", "routing", "routing_iters", "routing_options")
 
 
-def model_settings(config: TrainConfig, split: data.Split) -> dict[str, Any]:
+def model_settings(config: TrainConfig, split: data.Split,
+                   input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
   """The network's settings for `config` on a dataset like `split` (recorded with the run):
-  arch, input_shape, num_classes, the arch's TrainConfig fields and `config.model`."""
+  arch, input_shape (default: the split's image shape), num_classes, the arch's TrainConfig
+  fields and `config.model`."""
   arch = archs.get(config.arch)
   own = {k: getattr(config, k) for k in arch.config_keys}
-  return {"arch": arch.name, "input_shape": list(split.images.shape[1:]),
+  shape = split.images.shape[1:] if input_shape is None else input_shape
+  return {"arch": arch.name, "input_shape": list(shape),
           "num_classes": int(split.num_classes),
           **{k: dict(v) if isinstance(v, dict) else v for k, v in own.items()}, **config.model}
 
@@ -104,6 +106,27 @@ def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: boo
   return _summarise(results)
 
 
+def evaluate_indexed(eval_step, state, stored, indices: np.ndarray, batch_size: int,
+                     progress: bool = False, place: Callable[[Any], Any] | None = None
+                     ) -> dict[str, float]:
+  """Evaluation over examples `indices` of a dataset built on `stored` (device arrays (images,
+  labels)); `eval_step` is `steps.make_eval_step(..., examples=...)`. The last batch is padded
+  with example 0 and masked, so every batch has one shape (one compilation). `place(batch)`
+  puts each (index, valid) batch on the devices (`parallel.batch_placer`)."""
+  num_batches = -(-len(indices) // batch_size)
+  place = place or (lambda batch: batch)
+  results = []
+  for b in tqdm(range(num_batches), unit="batch", desc="eval", disable=not progress,
+                dynamic_ncols=True, leave=False):
+    index = np.zeros(batch_size, np.int32)
+    part = indices[b * batch_size:(b + 1) * batch_size]
+    index[:len(part)] = part
+    valid = np.arange(batch_size) < len(part)
+    result = eval_step(state, *stored, *place((index, valid)))
+    results.append(jax.block_until_ready(result) if progress else result)
+  return _summarise(results)
+
+
 def test_record(step: int, result: dict[str, Any]) -> dict[str, Any]:
   """The metrics.jsonl / CLI record of an `evaluate` result on the test split."""
   terms = {f"test_{k}": v for k, v in result.items() if k not in ("loss", "accuracy", "examples")}
@@ -151,6 +174,7 @@ def model_mismatches(saved: dict[str, Any], settings: dict[str, Any]) -> list[st
 
 # Settings a resumed run may change without leaving the uninterrupted run's path.
 _FREE_ON_RESUME = ("epochs", "max_steps", "log_every", "eval_every", "eval_batch_size",
+                   "test_examples",
                    "checkpoint_every", "keep_checkpoints", "seed", "model", "pipeline",
                    "steps_per_dispatch", "devices")
 
@@ -180,7 +204,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     workdir: holds checkpoints/, metrics.jsonl and config.json; an existing run there is resumed
       from its latest checkpoint.
     data_dir: TFDS data_dir (None: $TFDS_DATA_DIR).
-    train_limit, test_limit: use only the first N examples of each split (smoke tests).
+    train_limit: use only the first N stored training examples (smoke tests).
+    test_limit: evaluate on N test examples (default: config.test_examples): the first N of a
+      stored set, N spread evenly over a set built on the fly (`datasets.subset`).
     progress: show a tqdm progress bar (stderr).
     tensorboard: also write the metrics and test reconstructions to WORKDIR/tensorboard
       (needs tensorboardX; see capsjax/tensorboard.py).
@@ -195,7 +221,11 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
       read-only, workdir removed); complete checkpoints and written metrics lines are intact.
   """
   config.validate()
-  data.check_dataset(config.dataset)
+  dataset = datasets.get(config.dataset, "train")
+  if config.pipeline == "host" and not dataset.host_batches:
+    raise ValueError(f"dataset {config.dataset!r} builds each example from the whole stored "
+                     "split on the device; use --pipeline device or auto, not host.")
+  dataset.loss(archs.get(config.arch), config)  # a network the dataset cannot train: now
   data.resolve_data_dir(data_dir)  # bad input fails before the workdir is created
   mesh = parallel.make_mesh(config.devices, config.batch_size)
   if tensorboard:
@@ -221,11 +251,20 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
                   train_limit: int | None, test_limit: int | None, progress: bool,
                   tensorboard: bool, mesh: jax.sharding.Mesh) -> dict[str, Any]:
   t_start = time.time()
-  train_split = data.load_split(config.dataset, "train", data_dir, limit=train_limit)
-  test_split = data.load_split(config.dataset, "test", data_dir, limit=test_limit)
-  settings = model_settings(config, train_split)
-  total_steps = config.total_steps(len(train_split))
-  data.steps_per_epoch(len(train_split), config.batch_size)  # validates batch size vs data
+  test_limit = config.test_examples if test_limit is None else test_limit
+  dataset = datasets.get(config.dataset, "train")
+  train_split = dataset.load("train", data_dir, train_limit)
+  test_split = dataset.load("test", data_dir, None if test_limit is None or
+                            not dataset.host_batches else test_limit)
+  train_size = dataset.size("train", train_split)
+  test_indices = datasets.subset(dataset.size("test", test_split), test_limit,
+                                 f"the {config.dataset} test set")
+  train_examples = dataset.examples(config, "train", train_split)
+  test_examples = dataset.examples(config, "test", test_split)
+  settings = model_settings(config, train_split, datasets.input_shape(train_examples,
+                                                                      train_split))
+  total_steps = config.total_steps(train_size)
+  data.steps_per_epoch(train_size, config.batch_size)  # validates batch size vs data
 
   graphdef, state = create_state(settings, config)
   # Replicated on the mesh's devices (one device: just placed there); a restore keeps this.
@@ -262,8 +301,9 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
 
     arch = archs.get(config.arch)
-    loss_fn = arch.loss(config)
-    eval_step = steps.make_eval_step(graphdef, loss_fn)
+    loss_fn = dataset.loss(arch, config)
+    eval_step = steps.make_eval_step(graphdef, loss_fn, test_examples)
+    test_stored = parallel.put((test_split.images, test_split.labels), parallel.replicated(mesh))
     writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
     write = writer.write if main else (lambda record: None)
     outputs = steps.make_outputs_step(graphdef, arch.outputs) if tensorboard else None
@@ -272,12 +312,13 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
 
     def run_eval(step: int) -> dict[str, Any]:
-      result = evaluate(eval_step, state, test_split, eval_batch_size, progress,
-                        parallel.batch_placer(mesh, eval_batch_size))
+      result = evaluate_indexed(eval_step, state, test_stored, test_indices, eval_batch_size,
+                                progress, parallel.batch_placer(mesh, eval_batch_size))
       record = {**test_record(step, result), "elapsed_s": time.time() - t_start}
       write(record)
       if outputs is not None:  # every process runs the program; process 0 writes the images
-        sample = test_split.images[:8]
+        sample, _ = jax.device_get(test_examples(None, test_split.images, test_split.labels,
+                                                 test_indices[:8]))
         recon = outputs(state, parallel.put(sample, parallel.replicated(mesh))).reconstructions
         if recon is not None and board is not None:  # networks without a decoder have none
           board.images(step, sample, np.asarray(recon))
@@ -285,8 +326,8 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
 
     capacity = config.steps_per_dispatch or config.log_every
     source = pipeline.make_source(config.pipeline, train_split, config.batch_size, config.seed,
-                                  capacity, mesh)
-    train_chunk = steps.make_train_chunk(graphdef, loss_fn, shift_transform(config.max_shift))
+                                  capacity, mesh, num_examples=train_size)
+    train_chunk = steps.make_train_chunk(graphdef, loss_fn, examples=train_examples)
     boundaries = faults.chunk_boundaries()
 
     def chunk_end(step: int) -> int:
@@ -420,3 +461,36 @@ def load_for_eval(workdir: str | os.PathLike, step: int | None = None, *,
       except CheckpointError:
         if step is not None or (ckpt.directory / str(chosen)).exists() or attempt == 2:
           raise  # damaged, not deleted under us by a training run
+
+
+def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
+                        data_dir: str | None = None, test_examples: int | None = None,
+                        batch_size: int | None = None, progress: bool = False,
+                        step: int | None = None) -> dict[str, Any]:
+  """The test record (`test_record`, plus "dataset") of checkpoint `step` (default: newest) of
+  `workdir` on the test set of `dataset` (default: the one it was trained on), e.g. a network
+  trained on expanded_mnist evaluated on affnist_style.
+
+  Raises ValueError (one line) for an unknown dataset, more test examples than the set has,
+  or a dataset whose inputs differ in shape from what the network takes.
+  """
+  graphdef, state, meta = load_for_eval(workdir, step)
+  config = config_from_saved(meta["config"], report=lambda _: None)
+  name = dataset or config.dataset
+  chosen = datasets.get(name, "test")
+  settings = meta["model"]
+  stored = chosen.load("test", data_dir, test_examples if chosen.host_batches else None)
+  examples = chosen.examples(config, "test", stored)
+  given = datasets.input_shape(examples, stored)
+  expected = tuple(settings.get("input_shape", (28, 28, 1)))
+  if given != expected:
+    raise ValueError(f"the checkpoint in {str(workdir)!r} takes {'x'.join(map(str, expected))} "
+                     f"inputs (trained on {config.dataset}); dataset {name!r} gives "
+                     f"{'x'.join(map(str, given))}."
+                     " Evaluate it on a dataset of its input size.")
+  indices = datasets.subset(chosen.size("test", stored), test_examples, f"the {name} test set")
+  loss_fn = chosen.loss(archs.of_settings(settings), config)
+  eval_step = steps.make_eval_step(graphdef, loss_fn, examples)
+  result = evaluate_indexed(eval_step, state, jax.device_put((stored.images, stored.labels)),
+                            indices, batch_size or steps.default_eval_batch_size(), progress)
+  return {"dataset": name, **test_record(int(meta["step"]), result)}

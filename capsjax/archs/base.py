@@ -51,15 +51,21 @@ class Losses(NamedTuple):
     terms: {name: [B]} the parts of `total` that are logged under `name` (and `test_` + name),
       e.g. CapsNet's margin_loss and reconstruction_loss; {} when there are none.
     scores: [B, K] class scores (for accuracy).
+    correct: [B] whether each example counts as right; None: the highest score is the label
+      (MultiMNIST sets its own rule: the two longest capsules are the two classes).
   """
 
   total: jnp.ndarray
   terms: dict[str, jnp.ndarray]
   scores: jnp.ndarray
+  correct: jnp.ndarray | None = None
 
 
 class LossFn(Protocol):
   """`loss(model, images float [B,H,W,C] in [0,1], labels [B], *, train, key) -> Losses`.
+
+  `labels` are the dataset's targets: class indices [B] for single-digit sets, a pytree for
+  others (MultiMNIST: both classes and each digit's image; `capsjax.datasets`).
 
   `train` selects training behaviour (CapsNet: decoder masked by the true class; baseline:
   dropout, which draws from `key`); `key` is None when `train` is False.

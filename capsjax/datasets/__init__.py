@@ -1,0 +1,28 @@
+"""The datasets the training loop can train and evaluate on, by name (see `base.Dataset`):
+`mnist` and `fashion_mnist`."""
+
+from capsjax.datasets.base import Dataset, Examples, gather, input_shape, subset
+from capsjax.datasets.mnist import FASHION_MNIST as _FASHION_MNIST
+from capsjax.datasets.mnist import MNIST as _MNIST
+
+_DATASETS = {d.name: d for d in (_MNIST, _FASHION_MNIST)}
+
+
+def available(split: str | None = None) -> list[str]:
+  """The registered dataset names (those with `split`, if given)."""
+  return [name for name, d in _DATASETS.items() if split is None or split in d.splits]
+
+
+def get(name: str, split: str | None = None) -> Dataset:
+  """The `Dataset` called `name` (one that has `split`, if given); ValueError (one line, naming
+  the choices) otherwise."""
+  if name not in _DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(available(split))}.")
+  if split is not None and split not in _DATASETS[name].splits:
+    raise ValueError(f"dataset {name!r} has no {split} split (only "
+                     f"{', '.join(_DATASETS[name].splits)}); expected one of "
+                     f"{', '.join(available(split))}.")
+  return _DATASETS[name]
+
+
+__all__ = ["Dataset", "Examples", "available", "gather", "get", "input_shape", "subset"]

@@ -1,0 +1,88 @@
+"""What the training loop needs from a dataset: the `Dataset` record of pure functions.
+
+The loop (`capsjax.train`) never asks which dataset it trains on. A dataset is the stored
+examples it is built from (a TFDS split, or affNIST's `.mat` files) plus a pure JAX function
+that turns example indices into network inputs and targets inside the compiled step:
+
+    examples(key, stored_images, stored_labels, index [B]) -> (inputs float [B,H,W,C], targets)
+
+so random shifts, MultiMNIST pairing and affine warps run on any backend, and the data a step
+sees is a pure function of (seed, step). A set may be larger than what is stored (MultiMNIST:
+1,000 pairs per stored digit); `size` says how many examples it has.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from capsjax import data
+from capsjax.archs.base import Arch, LossFn
+from capsjax.steps import to_float
+
+# (key or None, stored images [N,...] uint8, stored labels [N], index [B] int) ->
+# (inputs float32 [B,H,W,C] in [0, 1], targets). `key` is the training step's key (None when
+# evaluating: test sets are fixed).
+Examples = Callable[[jax.Array | None, jnp.ndarray, jnp.ndarray, jnp.ndarray], tuple[Any, Any]]
+
+
+class Dataset(NamedTuple):
+  """A dataset the training loop can train and evaluate on.
+
+  Attributes:
+    name: what `--dataset` and a run's config call it.
+    description: one line for `--help` and `capsjax datasets`.
+    splits: the splits it has ("train", "test"; an evaluation-only set: "test" alone).
+    load: `load(split, data_dir, limit) -> data.Split`, the stored examples (the first `limit`).
+    size: `size(split, stored) -> int`, the number of examples of the set built on `stored`.
+    examples: `examples(config, split, stored) -> Examples` (training: `split` is "train").
+    loss: `loss(arch, config) -> LossFn` over this dataset's targets (ValueError, one line, for
+      a network it cannot train).
+    host_batches: whether a training example is one stored row (`index` < len(stored)), so the
+      host pipeline may gather the rows and pass them as the stored split itself.
+    paper: the paper's figure for this set, for tables and the README ("" if none).
+  """
+
+  name: str
+  description: str
+  splits: tuple[str, ...]
+  load: Callable[[str, Any, int | None], data.Split]
+  size: Callable[[str, data.Split], int]
+  examples: Callable[[Any, str, data.Split], Examples]
+  loss: Callable[[Arch, Any], LossFn]
+  host_batches: bool = True
+  paper: str = ""
+
+
+def gather(transform: Callable | None = None) -> Examples:
+  """The `Examples` of a set whose example i is stored row i: rows `index`, as float, then
+  `transform(key, images, labels)` when training (e.g. `augment.shift_transform`)."""
+
+  def examples(key, images, labels, index):
+    x = to_float(jnp.take(images, index, axis=0))
+    y = jnp.take(labels, index, axis=0)
+    if transform is not None and key is not None:
+      x, y = transform(key, x, y)
+    return x, y
+
+  return examples
+
+
+def input_shape(examples: Examples, stored: data.Split) -> tuple[int, ...]:
+  """(H, W, C) of the network inputs `examples` builds from `stored` (traced, not run)."""
+  x, _ = jax.eval_shape(lambda i, l: examples(jax.random.key(0), i, l, jnp.zeros(1, jnp.int32)),
+                        stored.images, stored.labels)
+  return tuple(int(s) for s in x.shape[1:])
+
+
+def subset(size: int, count: int | None, what: str) -> np.ndarray:
+  """[count] example indices spread evenly over a set of `size` (all of it for None): example
+  floor(j * size / count) for j < count, so a subset of a set built k-per-stored-example
+  covers every stored example alike. ValueError for a count above `size`."""
+  if count is None:
+    return np.arange(size, dtype=np.int64)
+  if count > size:
+    raise ValueError(f"--test-examples {count} is more than the {size:,} examples of {what}; "
+                     f"expected at most {size}.")
+  return (np.arange(count, dtype=np.int64) * size) // count

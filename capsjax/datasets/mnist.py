@@ -1,0 +1,33 @@
+"""MNIST and Fashion-MNIST as stored in a TFDS data_dir, with the paper's random shift (§5)."""
+
+from capsjax import augment, data
+from capsjax.datasets.base import Dataset, gather
+
+
+def _load(name: str):
+  def load(split: str, data_dir, limit: int | None) -> data.Split:
+    return data.load_split(name, split, data_dir, limit=limit)
+
+  return load
+
+
+def examples(config, split: str, stored: data.Split):
+  """Training: rows shifted by up to `config.max_shift` px (zero fill); test: the rows."""
+  del stored
+  return gather(augment.shift_transform(config.max_shift) if split == "train" else None)
+
+
+def loss(arch, config):
+  return arch.loss(config)
+
+
+def _size(split: str, stored: data.Split) -> int:
+  return len(stored)
+
+
+MNIST = Dataset(name="mnist", description="MNIST, 28x28 (TFDS mnist), shifted by up to "
+                "max_shift px when training", splits=("train", "test"), load=_load("mnist"),
+                size=_size, examples=examples, loss=loss, paper="0.25% error (Table 1)")
+FASHION_MNIST = Dataset(name="fashion_mnist", description="Fashion-MNIST, 28x28 (TFDS "
+                        "fashion_mnist), shifted like MNIST", splits=("train", "test"),
+                        load=_load("fashion_mnist"), size=_size, examples=examples, loss=loss)
