@@ -65,6 +65,12 @@ def two_digit_loss(lengths: jnp.ndarray, labels: jnp.ndarray, reconstructions: j
   Returns:
     Scalar: the batch mean of margin + recon_weight * (recon_1 + recon_2).
   """
+  return jnp.mean(two_digit_terms(lengths, labels, reconstructions, digits, recon_weight)[0])
+
+
+def two_digit_terms(lengths: jnp.ndarray, labels: jnp.ndarray, reconstructions: jnp.ndarray,
+                    digits: jnp.ndarray, recon_weight: float = RECONSTRUCTION_WEIGHT):
+  """Per example, as `two_digit_loss`: (total [B], margin [B], recon_1 + recon_2 [B])."""
   margin = margin_loss(lengths, two_hot(labels, lengths.shape[-1]))
   recon = sum(reconstruction_loss(reconstructions[:, i], digits[:, i]) for i in range(2))
-  return total_loss(margin, recon, recon_weight)
+  return margin + recon_weight * recon, margin, recon

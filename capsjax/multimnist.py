@@ -51,7 +51,17 @@ def num_examples(split_size: int, pairs_per_image: int = PAIRS_PER_IMAGE) -> int
 def make_pairs(images: np.ndarray, labels: np.ndarray, num_classes: int = 10,
                pairs_per_image: int = PAIRS_PER_IMAGE, max_shift: int = MAX_SHIFT
                ) -> Callable[[jax.Array, jnp.ndarray], Pair]:
-  """`pair(key, index) -> Pair` over the digits `images` [N, 28, 28, C] uint8, `labels` [N].
+  """`pair(key, index) -> Pair` over the digits `images` [N, 28, 28, C] uint8, `labels` [N]
+  (`pairing` with the images fixed). Raises ValueError if fewer than two classes are present."""
+  pair_of = pairing(labels, num_classes, pairs_per_image, max_shift)
+  images_j = jnp.asarray(images)
+  return lambda key, index: pair_of(key, index, images_j)
+
+
+def pairing(labels: np.ndarray, num_classes: int = 10, pairs_per_image: int = PAIRS_PER_IMAGE,
+            max_shift: int = MAX_SHIFT) -> Callable[[jax.Array, jnp.ndarray, jnp.ndarray], Pair]:
+  """`pair(key, index, images) -> Pair` over a split with class `labels` [N]; `images` [N, H,
+  W, C] uint8 is an argument, so the split can live on the device as the step's input.
 
   The partner is drawn uniformly from the digits of the other classes: with the split's indices
   sorted by class, the r-th digit not of class c is `by_class[r]` if r < start[c], else
@@ -65,11 +75,11 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, num_classes: int = 10,
   by_class = jnp.asarray(np.argsort(labels, kind="stable").astype(np.int32))
   start = jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32))
   counts_j = jnp.asarray(counts.astype(np.int32))
-  images_j, labels_j = jnp.asarray(images), jnp.asarray(labels.astype(np.int32))
+  labels_j = jnp.asarray(labels.astype(np.int32))
   n = len(labels)
-  canvas = images.shape[1] + 2 * max_shift
 
-  def pair(key: jax.Array, index: jnp.ndarray) -> Pair:
+  def pair(key: jax.Array, index: jnp.ndarray, images: jnp.ndarray) -> Pair:
+    canvas = images.shape[1] + 2 * max_shift
     base = (index // pairs_per_image).astype(jnp.int32)
     k_partner, k_shift = jax.random.split(jax.random.fold_in(key, index))
     c = labels_j[base]
@@ -77,7 +87,7 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, num_classes: int = 10,
     partner = by_class[jnp.where(r < start[c], r, r + counts_j[c])]
     shifts = jax.random.randint(k_shift, (2, 2), -max_shift, max_shift + 1)
     sources = jnp.stack([base, partner])
-    digits = jax.vmap(lambda i, s: place(images_j[i].astype(jnp.float32) / 255.0, s, canvas))(
+    digits = jax.vmap(lambda i, s: place(images[i].astype(jnp.float32) / 255.0, s, canvas))(
         sources, shifts)
     return Pair(jnp.minimum(digits[0] + digits[1], 1.0), digits, labels_j[sources], shifts,
                 sources)

@@ -1,11 +1,17 @@
 """The datasets the training loop can train and evaluate on, by name (see `base.Dataset`):
-`mnist` and `fashion_mnist`."""
+`mnist`, `fashion_mnist`, `multimnist` (§6) and `expanded_mnist` (§5.2) to train on;
+`affnist_style` and `affnist` (§5.2) to evaluate on."""
 
 from capsjax.datasets.base import Dataset, Examples, gather, input_shape, subset
+from capsjax.datasets.affnist import AFFNIST as _AFFNIST
+from capsjax.datasets.affnist import AFFNIST_STYLE as _AFFNIST_STYLE
+from capsjax.datasets.expanded_mnist import EXPANDED_MNIST as _EXPANDED_MNIST
 from capsjax.datasets.mnist import FASHION_MNIST as _FASHION_MNIST
 from capsjax.datasets.mnist import MNIST as _MNIST
+from capsjax.datasets.multimnist import MULTIMNIST as _MULTIMNIST
 
-_DATASETS = {d.name: d for d in (_MNIST, _FASHION_MNIST)}
+_DATASETS = {d.name: d for d in (_MNIST, _FASHION_MNIST, _MULTIMNIST, _EXPANDED_MNIST,
+                                 _AFFNIST_STYLE, _AFFNIST)}
 
 
 def available(split: str | None = None) -> list[str]:

@@ -1,0 +1,82 @@
+"""MultiMNIST (§6) as a dataset: pairs of overlapping MNIST digits built on the fly.
+
+The generator is `capsjax.multimnist` (36x36 canvas, shifts up to 4 px, partner of another
+class from the same split, min(a + b, 1), 1,000 pairs per stored digit: 60M training and 10M
+test examples). Each pair is a pure function of (key, example index): training pairs of the
+run's seed, test pairs of the fixed TEST_SEED, so every run is evaluated on the same pairs.
+Only CapsNet trains on it: the loss needs a capsule per class and the shared decoder.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from capsjax import data, losses, multimnist
+from capsjax.archs.base import Losses
+from capsjax.datasets.base import Dataset
+
+TEST_SEED = 0
+_TRAIN_SALT = 0x4D4D  # keeps the training pairs apart from the test pairs of seed 0
+
+
+def load(split: str, data_dir, limit: int | None) -> data.Split:
+  return data.load_split("mnist", split, data_dir, limit=limit)
+
+
+def size(split: str, stored: data.Split) -> int:
+  return multimnist.num_examples(len(stored))
+
+
+def pair_key(seed: int, split: str) -> jax.Array:
+  """The key of a split's pairs: the run's seed for training, TEST_SEED for the test set."""
+  if split == "train":
+    return jax.random.fold_in(jax.random.key(seed), _TRAIN_SALT)
+  return jax.random.key(TEST_SEED)
+
+
+def examples(config, split: str, stored: data.Split):
+  """Pairs of example `index` (of `size`): inputs [B, 36, 36, 1], targets (labels [B, 2],
+  digits [B, 2, 36, 36, 1])."""
+  pair = multimnist.pairing(stored.labels, stored.num_classes)
+  seed_key = pair_key(config.seed, split)
+
+  def fn(key, images, labels, index):
+    del key, labels  # the pair is a function of (seed, index) alone
+    p = jax.vmap(pair, in_axes=(None, 0, None))(seed_key, index, images)
+    return p.image, (p.labels, p.digits)
+
+  return fn
+
+
+def loss(arch, config):
+  """Eq. 4 against the two-hot target + each digit's reconstruction from its own class capsule
+  against its own image, x recon_weight (`losses.two_digit_terms`; the true classes decode at
+  test time too, so the test loss is the training objective). Correct: the two longest capsules
+  are the two classes (`multimnist.both_correct`); `one_correct` is logged beside it."""
+  if arch.name != "capsnet":
+    raise ValueError(f"dataset 'multimnist' trains the capsnet arch only (its loss decodes each "
+                     f"digit from its class capsule), got arch {arch.name!r}.")
+  if config.model.get("variant", "paper") != "paper":
+    raise ValueError("dataset 'multimnist' has the paper's loss only; got model variant "
+                     f"{config.model['variant']!r}, expected 'paper'.")
+  recon_weight = config.recon_weight
+
+  def fn(model, images, targets, *, train: bool, key=None) -> Losses:
+    del train, key
+    labels, digits = targets
+    out = model(images, labels[:, 0])
+    second = model.decode(out.v, labels[:, 1])
+    recons = jnp.stack([out.reconstructions, second], axis=1)
+    total, margin, recon = losses.two_digit_terms(out.lengths, labels, recons, digits,
+                                                  recon_weight)
+    one = multimnist.one_correct(out.lengths, labels).astype(total.dtype)
+    return Losses(total, {"margin_loss": margin, "reconstruction_loss": recon,
+                          "one_correct": one}, out.lengths,
+                  multimnist.both_correct(out.lengths, labels))
+
+  return fn
+
+
+MULTIMNIST = Dataset(name="multimnist", description="MultiMNIST (§6): two overlapping MNIST "
+                     "digits on 36x36, 60M train / 10M test pairs built on the fly",
+                     splits=("train", "test"), load=load, size=size, examples=examples,
+                     loss=loss, host_batches=False, paper="5.2% error (§6)")
