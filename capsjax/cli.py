@@ -139,8 +139,8 @@ def _build_parser() -> argparse.ArgumentParser:
   v.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   v.add_argument("--out", default=None, help="folder for the PNGs (default: WORKDIR/figures)")
   v.add_argument("--figures", default=None, metavar="NAME[,NAME...]",
-                 help="some of reconstructions, perturbations, routing, confusion, curves "
-                      "(default: all)")
+                 help="some of reconstructions, perturbations, routing, confusion, curves, "
+                      "multimnist (Fig. 5), samples, affnist (default: all)")
   v.add_argument("--digit", type=int, default=None,
                  help="perturbations of this class only (default: one digit of each class)")
   v.add_argument("--dims", type=int, default=None,

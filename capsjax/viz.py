@@ -11,6 +11,13 @@
   each primary-capsule type to each class over the test set.
 - confusion: the test set's confusion matrix.
 - curves: the training curves of metrics.jsonl.
+- multimnist (Fig. 5; MultiMNIST runs): test pairs, each above its two most active classes'
+  reconstructions drawn in red and green over each other, with the true (L) and predicted (R)
+  pairs, wrong ones included, and the reconstruction of the most active class that is absent
+  (*).
+- samples: examples of the run's dataset as the network sees them (training examples with their
+  random translation or pairing, and test examples).
+- affnist (40x40 networks): affNIST-style test examples with the network's predictions.
 
 The numbers of each figure come from a pure function here (tested); the `draw_*` functions only
 plot them. Figures that need capsules or routing are skipped, with the reason, for the baseline.
@@ -23,7 +30,12 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-FIGURES = ("reconstructions", "perturbations", "routing", "confusion", "curves")
+FIGURES = ("reconstructions", "perturbations", "routing", "confusion", "curves", "multimnist",
+           "samples", "affnist")
+# Figures of one-label datasets (MultiMNIST runs draw `multimnist`, `samples` and `curves`).
+_ONE_LABEL = ("reconstructions", "perturbations", "routing", "confusion")
+# Test pairs of a MultiMNIST run that viz looks at when --test-examples is not given.
+MULTIMNIST_EXAMPLES = 1000
 OFFSETS = tuple(float(x) for x in np.round(np.linspace(-0.25, 0.25, 11), 2))  # Fig. 4
 
 
@@ -151,6 +163,41 @@ def training_curves(path: Path) -> tuple[list[dict], list[dict]]:
   return [train[k] for k in sorted(train)], [test[k] for k in sorted(test)]
 
 
+class PairPanels(NamedTuple):
+  """Fig. 5's numbers for N MultiMNIST test pairs."""
+
+  predicted: np.ndarray  # [N, 2] the two longest capsules' classes (longest first)
+  correct: np.ndarray  # [N] bool: `predicted` is the true pair (`multimnist.both_correct`)
+  first: np.ndarray  # [N, H, W, C] reconstruction from predicted[:, 0]'s capsule
+  second: np.ndarray  # [N, H, W, C] from predicted[:, 1]'s
+  absent: np.ndarray  # [N] the longest capsule's class among those neither true nor predicted
+  absent_reconstruction: np.ndarray  # [N, H, W, C]
+
+
+def pair_panels(model, images: np.ndarray, labels: np.ndarray) -> PairPanels:
+  """Fig. 5: `model` (a TrainedModel of a CapsNet) on pairs `images` [N, H, W, C] with true
+  classes `labels` [N, 2]: its two most active classes, each decoded alone, and the most active
+  class that is not in the image (decoded, it shows what the network "imagines")."""
+  out = model.outputs(images)
+  lengths = np.asarray(out.scores)
+  predicted = np.argsort(-lengths, axis=-1, kind="stable")[:, :2]
+  correct = np.all(np.sort(predicted, -1) == np.sort(labels, -1), -1)
+  shown = np.zeros_like(lengths, bool)
+  rows = np.arange(len(lengths))[:, None]
+  shown[rows, labels] = True
+  shown[rows, predicted] = True
+  absent = np.argmax(np.where(shown, -np.inf, lengths), -1)
+  decode = lambda classes: model.decode(out.capsules, classes)
+  return PairPanels(predicted, correct, decode(predicted[:, 0]), decode(predicted[:, 1]), absent,
+                    decode(absent))
+
+
+def overlay(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+  """Two [H, W, 1] reconstructions as one RGB image: the first in red, the second in green
+  (yellow where they overlap), on black."""
+  return np.concatenate([first, second, np.zeros_like(first)], -1).clip(0, 1)
+
+
 # ---- drawing (matplotlib, imported on first use: an optional dependency) --------------------
 
 def _pyplot():
@@ -162,6 +209,13 @@ def _pyplot():
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   return plt
+
+
+def _save(plt, fig, path: Path, title: str, dpi: int = 110) -> None:
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
 
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:
@@ -185,10 +239,7 @@ def draw_reconstructions(images, result: TestSetPass, indices, path: Path, title
                            color="red" if wrong else "black")
   axes[0, 0].set_ylabel("input", fontsize=8)
   axes[1, 0].set_ylabel("reconstruction", fontsize=8)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(plt, fig, path, title)
 
 
 def draw_perturbations(grids: dict[int, np.ndarray], path: Path, title: str,
@@ -302,6 +353,61 @@ def draw_curves(train: list[dict], test: list[dict], path: Path, title: str) -> 
   plt.close(fig)
 
 
+def draw_pairs(images, labels, panels: PairPanels, indices, path: Path, title: str) -> None:
+  plt = _pyplot()
+  n = len(indices)
+  fig, axes = plt.subplots(3, n, figsize=(1.15 * n, 4.2), squeeze=False)
+  for col, i in enumerate(indices):
+    wrong = not panels.correct[i]
+    _show(axes[0, col], images[i])
+    _show(axes[1, col], overlay(panels.first[i], panels.second[i]))  # RGB: no colour map
+    _show(axes[2, col], panels.absent_reconstruction[i])
+    axes[0, col].set_title(f"L:({labels[i][0]},{labels[i][1]})", fontsize=8)
+    axes[1, col].set_title(f"R:({panels.predicted[i][0]},{panels.predicted[i][1]})", fontsize=8,
+                           color="red" if wrong else "black")
+    axes[2, col].set_title(f"*{panels.absent[i]}", fontsize=8)
+  axes[0, 0].set_ylabel("input", fontsize=8)
+  axes[1, 0].set_ylabel("R: red, green", fontsize=8)
+  axes[2, 0].set_ylabel("absent class", fontsize=8)
+  _save(plt, fig, path, title)
+
+
+def draw_grid(rows: list[tuple[str, np.ndarray, list[str], list[bool]]], path: Path,
+              title: str) -> None:
+  """One row of images per (name, images [n, H, W, C], captions, red?) in `rows`."""
+  plt = _pyplot()
+  cols = max(len(r[1]) for r in rows)
+  fig, axes = plt.subplots(len(rows), cols, figsize=(0.95 * cols, 1.25 * len(rows) + 0.4),
+                           squeeze=False)
+  for r, (name, images, captions, red) in enumerate(rows):
+    for c in range(cols):
+      ax = axes[r, c]
+      if c >= len(images):
+        ax.axis("off")
+        continue
+      _show(ax, images[c])
+      ax.set_title(captions[c], fontsize=7, color="red" if red[c] else "black")
+    axes[r, 0].set_ylabel(name, fontsize=7)
+  _save(plt, fig, path, title)
+
+
+def dataset_examples(name: str, config, split: str, data_dir, count: int | None,
+                     stored_limit: int | None = None, key=None):
+  """(inputs float [n, H, W, C], targets) of `count` examples (spread evenly, `datasets.subset`)
+  of dataset `name`'s `split` as the network sees them (training: with `key`'s randomness)."""
+  import jax
+
+  from capsjax import datasets
+
+  ds = datasets.get(name, split)
+  stored = ds.load(split, data_dir, stored_limit)
+  indices = datasets.subset(ds.size(split, stored), count, f"the {name} {split} set")
+  fn = jax.jit(ds.examples(config, split, stored))
+  parts = [jax.device_get(fn(key, stored.images, stored.labels, indices[i:i + 500]))
+           for i in range(0, len(indices), 500)]
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
 # ---- the command ------------------------------------------------------------------------------
 
 def check_figures(names: list[str]) -> list[str]:
@@ -337,16 +443,23 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   out_dir = Path(out) if out else Path(workdir) / "figures"
   if out_dir.exists() and not out_dir.is_dir():
     raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory.")
-  needs_data = [f for f in figures if f != "curves"]
-  split = None
-  if needs_data:
+  dataset = model.config.dataset
+  two_digit = dataset == "multimnist"
+  needs_data = [f for f in figures if f not in ("curves", "samples", "affnist")]
+  images = labels = None
+  if figures != ["curves"]:
     data.resolve_data_dir(data_dir)
-    split = data.load_split(model.config.dataset, "test", data_dir, limit=test_examples)
-    if not 0 <= image < len(split):
-      raise ValueError(f"--image must be a test index in 0..{len(split) - 1}, got {image}.")
+  if needs_data:
+    count = test_examples or (MULTIMNIST_EXAMPLES if two_digit else None)
+    images, targets = dataset_examples(dataset, model.config, "test", data_dir, count,
+                                       None if two_digit else test_examples)
+    labels = targets[0] if two_digit else targets
+    if not 0 <= image < len(images):
+      raise ValueError(f"--image must be a test index in 0..{len(images) - 1}, got {image}.")
   out_dir.mkdir(parents=True, exist_ok=True)
   name = f"{Path(workdir).name} ({model.arch.name}, step {model.step})"
-  result = run_test_set(model, split.images, split.labels, progress) if needs_data else None
+  one_label = [f for f in needs_data if f in _ONE_LABEL]
+  result = run_test_set(model, images, labels, progress) if one_label and not two_digit else None
   done: dict[str, Any] = {}
 
   def skip(fig: str, why: str) -> None:
@@ -355,11 +468,41 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 
   for fig in figures:
     path = out_dir / f"{fig}.png"
-    if fig == "reconstructions":
+    if fig in _ONE_LABEL and two_digit:
+      skip(fig, "a MultiMNIST run has two labels per example; see the multimnist figure")
+      continue
+    if fig == "multimnist":
+      if not two_digit:
+        skip(fig, f"the run trained on {dataset}, not multimnist")
+        continue
+      panels = pair_panels(model, images, labels)
+      chosen = np.concatenate([np.flatnonzero(panels.correct)[:8],
+                               np.flatnonzero(~panels.correct)[:4]])
+      accuracy = float(np.mean(panels.correct))
+      draw_pairs(images, labels, panels, chosen, path,
+                 f"{name}: MultiMNIST test pairs (Fig. 5); R: the two longest capsules decoded "
+                 f"in red and green (red title: wrong); *: an absent class decoded; "
+                 f"{accuracy:.1%} of {len(labels)} pairs right")
+    elif fig == "samples":
+      rows = _sample_rows(dataset, model.config, data_dir)
+      draw_grid(rows, path, f"{dataset}: examples as the network sees them")
+    elif fig == "affnist":
+      if tuple(model.input_shape[:2]) != (40, 40):
+        skip(fig, f"the network takes {model.input_shape[0]}x{model.input_shape[1]} inputs, "
+                  "affNIST 40x40")
+        continue
+      warped, truth = dataset_examples("affnist_style", model.config, "test", data_dir, 32)
+      predicted = model.predict(warped).classes
+      draw_grid([(f"{i * 16}-{i * 16 + 15}", warped[i * 16:(i + 1) * 16],
+                  [f"{t} -> {p}" for t, p in zip(truth[i * 16:], predicted[i * 16:(i + 1) * 16])],
+                  list(truth[i * 16:(i + 1) * 16] != predicted[i * 16:(i + 1) * 16]))
+                 for i in range(2)], path,
+                f"{name}: affNIST-style test examples, true -> predicted (red: wrong)")
+    elif fig == "reconstructions":
       if result.reconstructions is None:
         skip(fig, f"arch {model.arch.name!r} has no decoder")
         continue
-      draw_reconstructions(split.images, result, pick_examples(result.labels, result.predictions),
+      draw_reconstructions(images, result, pick_examples(result.labels, result.predictions),
                            path, f"{name}: test images (top) and reconstructions (bottom); red: "
                                  "misclassified")
     elif fig == "perturbations":
@@ -377,10 +520,10 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       if result.type_coupling is None or grid is None:
         skip(fig, f"arch {model.arch.name!r} has no routing")
         continue
-      one = model.outputs(split.images[image:image + 1])
+      one = model.outputs(images[image:image + 1])
       cls = int(np.argmax(one.scores[0]))
-      draw_routing(split.images[image], coupling_map(one.couplings[0], grid, cls), cls,
-                   int(split.labels[image]), result.type_coupling, path,
+      draw_routing(images[image], coupling_map(one.couplings[0], grid, cls), cls,
+                   int(labels[image]), result.type_coupling, path,
                    f"{name}: routing ({model.config.routing}, {model.config.routing_iters} "
                    "iterations), last iteration's couplings")
     elif fig == "confusion":
@@ -398,3 +541,22 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       draw_curves(train, test, path, f"{name}: training curves")
     done[fig] = str(path)
   return done
+
+
+def _sample_rows(dataset: str, config, data_dir) -> list:
+  """`samples`: 12 training examples (two draws of their randomness) and 12 test examples."""
+  import jax
+
+  from capsjax import datasets
+
+  rows = []
+  seed = jax.random.key(config.seed)
+  for split, key in (("train", seed), ("train", jax.random.fold_in(seed, 1)), ("test", None)):
+    if split not in datasets.get(dataset).splits:
+      continue
+    x, y = dataset_examples(dataset, config, split, data_dir, 12, key=key,
+                            stored_limit=None if dataset == "multimnist" else 12)
+    y = y[0] if isinstance(y, tuple) else y
+    captions = [",".join(map(str, np.atleast_1d(t))) for t in y]
+    rows.append((split, x, captions, [False] * len(x)))
+  return rows

@@ -163,6 +163,14 @@ def test_expanded_mnist_run_evaluates_on_affnist_sets(expanded_run, data_dir, tm
   assert record["dataset"] == "affnist" and record["test_examples"] == 12
 
 
+def test_expanded_run_draws_samples_and_affnist_figures(expanded_run, data_dir, tmp_path):
+  code = cli.main(["viz", "--workdir", str(expanded_run), "--data-dir", data_dir, "--out",
+                   str(tmp_path), "--figures", "samples,affnist", "--no-progress"])
+  assert code == 0
+  for name in ("samples", "affnist"):
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
 BAD_EVAL = {
     "unknown dataset": (["--dataset", "svhn"], "unknown dataset 'svhn'; expected one of"),
     "other input size": (["--dataset", "mnist"],
@@ -203,6 +211,12 @@ def test_multimnist_through_the_loop_matches_the_generator(tmp_path, data_dir):
     assert a[key] == pytest.approx(b[key], rel=1e-5), key
   stored = json.loads((tmp_path / "a" / "config.json").read_text())
   assert stored["model"]["input_shape"] == [36, 36, 1]
+  wrong = run_cli("eval", "--workdir", str(tmp_path / "a"), "--data-dir", data_dir,
+                  "--dataset", "mnist")
+  assert wrong.returncode == 2
+  assert wrong.stderr.strip().splitlines()[-1] == (
+      f"capsjax: error: the checkpoint in {str(tmp_path / 'a')!r} takes 36x36x1 inputs (trained "
+      "on multimnist); dataset 'mnist' gives 28x28x1. Evaluate it on a dataset of its input size.")
   # The dataset's training examples are `multimnist.pairing`'s pairs of the seed's key.
   mnist = data.load_split("mnist", "train", data_dir, limit=200)
   ds = datasets.get("multimnist")

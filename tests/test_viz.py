@@ -48,6 +48,8 @@ def test_viz_draws_every_figure(capsnet_run, data_dir, tmp_path):
   assert code == 0, err
   drawn = json.loads(out.strip().splitlines()[-1])["figures"]
   assert list(drawn) == list(viz.FIGURES)
+  assert drawn.pop("multimnist") == "skipped: the run trained on mnist, not multimnist"
+  assert drawn.pop("affnist") == "skipped: the network takes 28x28 inputs, affNIST 40x40"
   for name, path in drawn.items():
     assert path == str(tmp_path / f"{name}.png")
     with Image.open(path) as image:
@@ -148,3 +150,39 @@ def test_routing_figure_numbers_exist_for_every_rule(rule):
   grid = model.primary_grid
   assert viz.coupling_map(couplings[0], grid, 2).shape == (4, 6, 6)
   assert viz.coupling_by_type(couplings, grid).shape == (4, 10)
+
+
+def test_multimnist_figure_numbers_and_png(tmp_path, data_dir):
+  """Fig. 5 of a tiny CapsNet trained 2 steps on MultiMNIST: the two longest capsules, each
+  decoded alone, the most active absent class; the one-label figures are skipped."""
+  workdir = tmp_path / "mm"
+  code, _, err = _run("train", "--config", "multimnist_cpu", "--data-dir", data_dir,
+                      "--workdir", str(workdir), "--max-steps", "2", "--batch-size", "4",
+                      "--train-examples", "100", "--test-examples", "8", "--no-progress",
+                      *TINY_MODEL_ARGS)
+  assert code == 0, err
+  model = api.load(workdir)
+  images, (labels, _) = viz.dataset_examples("multimnist", model.config, "test", data_dir, 16)
+  assert images.shape == (16, 36, 36, 1) and labels.shape == (16, 2)
+  panels = viz.pair_panels(model, images, labels)
+  scores = model.outputs(images).scores
+  for i in range(16):
+    order = np.argsort(-scores[i])
+    assert list(panels.predicted[i]) == list(order[:2])
+    assert panels.absent[i] not in set(labels[i]) | set(panels.predicted[i])
+    assert panels.correct[i] == (set(labels[i]) == set(panels.predicted[i]))
+  capsules = model.outputs(images).capsules
+  np.testing.assert_allclose(panels.first, model.decode(capsules, panels.predicted[:, 0]),
+                             atol=1e-6)
+  rgb = viz.overlay(panels.first[0], panels.second[0])
+  assert rgb.shape == (36, 36, 3) and np.all(rgb[..., 2] == 0)
+  np.testing.assert_array_equal(rgb[..., 1], panels.second[0][..., 0])
+  code, out, err = _run("viz", "--workdir", str(workdir), "--data-dir", data_dir, "--out",
+                        str(tmp_path / "fig"), "--test-examples", "24", "--no-progress",
+                        "--figures", "multimnist,samples,confusion")
+  assert code == 0, err
+  drawn = json.loads(out.strip().splitlines()[-1])["figures"]
+  assert drawn["confusion"].startswith("skipped: a MultiMNIST run has two labels")
+  for name in ("multimnist", "samples"):
+    with Image.open(drawn[name]) as image:
+      assert image.format == "PNG" and min(image.size) > 200
