@@ -79,6 +79,7 @@ def pairing(labels: np.ndarray, num_classes: int = 10, pairs_per_image: int = PA
   n = len(labels)
 
   def pair(key: jax.Array, index: jnp.ndarray, images: jnp.ndarray) -> Pair:
+    images = jnp.asarray(images)
     canvas = images.shape[1] + 2 * max_shift
     base = (index // pairs_per_image).astype(jnp.int32)
     k_partner, k_shift = jax.random.split(jax.random.fold_in(key, index))

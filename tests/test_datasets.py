@@ -73,10 +73,15 @@ def test_affine_warps_keep_the_digit_inside_and_span_their_ranges():
     lo, hi = affnist.RANGES[name]
     values = np.asarray(values)
     assert lo <= values.min() < lo + 0.1 * (hi - lo) and hi - 0.1 * (hi - lo) < values.max() <= hi
-  # Bilinear resampling keeps the ink (x det of the map): nothing was cut off by the canvas.
+  # Nothing is cut off: on a 120x120 canvas, where no digit can reach an edge, the same
+  # transformations (the sampling grid moves by a whole 40 px) give the same ink.
+  big = jax.jit(jax.vmap(lambda k, d: affnist.warp(k, d, canvas=120)))(
+      keys, images.astype(np.float32) / 255)
+  np.testing.assert_allclose(np.asarray(w.image).sum((1, 2, 3)),
+                             np.asarray(big.image).sum((1, 2, 3)), rtol=1e-4)
+  # and the ink scales with the map's determinant (the scales; rotation and shear keep area).
   ink = np.asarray(w.image).sum((1, 2, 3)) / (images / 255).sum((1, 2, 3))
-  det = np.asarray(w.scale).prod(1)
-  np.testing.assert_allclose(ink / det, 1, atol=0.02)
+  np.testing.assert_allclose(ink / np.asarray(w.scale).prod(1), 1, atol=0.05)
   assert np.asarray(w.translation).min() < -8 and np.asarray(w.translation).max() > 8
   # The same (key, digit) gives the same example; the set is a function of the index.
   again = jax.vmap(affnist.warp)(keys[:5], images[:5].astype(np.float32) / 255)

@@ -76,7 +76,7 @@ def input_shape(examples: Examples, stored: data.Split) -> tuple[int, ...]:
   return tuple(int(s) for s in x.shape[1:])
 
 
-def subset(size: int, count: int | None, what: str) -> np.ndarray:
+def subset(size: int, count: int | None, what: str = "the test set") -> np.ndarray:
   """[count] example indices spread evenly over a set of `size` (all of it for None): example
   floor(j * size / count) for j < count, so a subset of a set built k-per-stored-example
   covers every stored example alike. ValueError for a count above `size`."""
