@@ -111,6 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
   e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   e.add_argument("--batch-size", type=int, default=None,
                  help="default: the backend's measured best (see README)")
+  e.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   e.add_argument("--dataset", default=None,
                  help=f"test set: one of {', '.join(datasets.available('test'))} (default: the "
                       "one the run trained on)")
@@ -237,7 +238,7 @@ def _eval(args) -> dict:
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
   return train_lib.evaluate_checkpoint(args.workdir, args.dataset, args.data_dir,
                                        args.test_examples, args.batch_size,
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, step=args.step)
 
 
 def _predict(args) -> int:

@@ -136,8 +136,9 @@ def expanded_run(tmp_path_factory, data_dir):
   """A tiny CapsNet trained 2 steps on expanded MNIST (40x40)."""
   workdir = tmp_path_factory.mktemp("expanded") / "run"
   done = run_cli("train", "--config", "affnist_cpu", "--data-dir", data_dir, "--workdir",
-                 str(workdir), "--max-steps", "2", "--batch-size", "8", "--train-examples",
-                 "256", "--test-examples", "16", "--no-progress", *TINY_MODEL_ARGS)
+                 str(workdir), "--max-steps", "2", "--checkpoint-every", "1", "--batch-size", "8",
+                 "--train-examples", "256", "--test-examples", "16", "--no-progress",
+                 *TINY_MODEL_ARGS)
   assert done.returncode == 0, done.stderr
   return workdir
 
@@ -151,7 +152,11 @@ def test_expanded_mnist_run_evaluates_on_affnist_sets(expanded_run, data_dir, tm
   assert style.returncode == 0, style.stderr
   record = json.loads(style.stdout.strip().splitlines()[-1])
   assert record["dataset"] == "affnist_style" and record["test_examples"] == 40
-  assert 0 <= record["test_accuracy"] <= 1
+  assert record["step"] == 2 and 0 <= record["test_accuracy"] <= 1
+  earlier = run_cli("eval", "--workdir", str(expanded_run), "--data-dir", data_dir, "--dataset",
+                    "affnist_style", "--test-examples", "40", "--step", "1", "--no-progress")
+  assert earlier.returncode == 0, earlier.stderr
+  assert json.loads(earlier.stdout.strip().splitlines()[-1])["step"] == 1
   # The real affNIST reader through the command: a data dir with MNIST and affnist/test.mat.
   root = tmp_path / "data"
   root.mkdir()
