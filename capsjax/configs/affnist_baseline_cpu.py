@@ -7,8 +7,8 @@
 
 The baseline CNN (§5) on the data of `affnist_cpu`, cut to 150 steps of batch 32 with the learning
 rate decayed x0.9 every 12 steps, and tested on 2,000 examples: on 40x40 its SAME convolutions
-cost ~8 GFLOP per image and its first dense layer has 67M weights, so a step costs ~20x a
-CapsNet step on MNIST here, and 10,000 test images alone would take ~15 minutes.
+cost ~8 GFLOP per image and its first dense layer has 67M weights: it trained at 3.7 images/s
+here against CapsNet's ~96 on MNIST, and 2,000 test images took 4 min 41 s (2026-11-28).
 """
 
 import dataclasses

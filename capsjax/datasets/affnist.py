@@ -178,9 +178,9 @@ AFFNIST_STYLE = Dataset(
     "under 32 random affine transformations each on 40x40, built on the fly (ranges: "
     "capsjax/datasets/affnist.py)", splits=("test",), load=_load_mnist_test,
     size=lambda split, stored: PER_DIGIT * len(stored), examples=style_examples, loss=loss,
-    host_batches=False, paper="79% accuracy (CapsNet), 66% (baseline CNN) on affNIST (§5.2)")
+    host_batches=False)
 AFFNIST = Dataset(
     name="affnist", description="the real affNIST test set (320,000 examples, 40x40) read from "
     "DATA_DIR/affnist/test.mat or test_batches/*.mat", splits=("test",), load=_load_affnist,
     size=lambda split, stored: len(stored), examples=lambda config, split, stored: gather(),
-    loss=loss, paper="79% accuracy (CapsNet), 66% (baseline CNN) (§5.2)")
+    loss=loss)

@@ -32,7 +32,7 @@ class Dataset(NamedTuple):
 
   Attributes:
     name: what `--dataset` and a run's config call it.
-    description: one line for `--help` and `capsjax datasets`.
+    description: one line saying what the set is (for readers and listings).
     splits: the splits it has ("train", "test"; an evaluation-only set: "test" alone).
     load: `load(split, data_dir, limit) -> data.Split`, the stored examples (the first `limit`).
     size: `size(split, stored) -> int`, the number of examples of the set built on `stored`.
@@ -41,7 +41,6 @@ class Dataset(NamedTuple):
       a network it cannot train).
     host_batches: whether a training example is one stored row (`index` < len(stored)), so the
       host pipeline may gather the rows and pass them as the stored split itself.
-    paper: the paper's figure for this set, for tables and the README ("" if none).
   """
 
   name: str
@@ -52,7 +51,6 @@ class Dataset(NamedTuple):
   examples: Callable[[Any, str, data.Split], Examples]
   loss: Callable[[Arch, Any], LossFn]
   host_batches: bool = True
-  paper: str = ""
 
 
 def gather(transform: Callable | None = None) -> Examples:

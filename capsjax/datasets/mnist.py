@@ -27,7 +27,7 @@ def _size(split: str, stored: data.Split) -> int:
 
 MNIST = Dataset(name="mnist", description="MNIST, 28x28 (TFDS mnist), shifted by up to "
                 "max_shift px when training", splits=("train", "test"), load=_load("mnist"),
-                size=_size, examples=examples, loss=loss, paper="0.25% error (Table 1)")
+                size=_size, examples=examples, loss=loss)
 FASHION_MNIST = Dataset(name="fashion_mnist", description="Fashion-MNIST, 28x28 (TFDS "
                         "fashion_mnist), shifted like MNIST", splits=("train", "test"),
                         load=_load("fashion_mnist"), size=_size, examples=examples, loss=loss)

@@ -79,4 +79,4 @@ def loss(arch, config):
 MULTIMNIST = Dataset(name="multimnist", description="MultiMNIST (§6): two overlapping MNIST "
                      "digits on 36x36, 60M train / 10M test pairs built on the fly",
                      splits=("train", "test"), load=load, size=size, examples=examples,
-                     loss=loss, host_batches=False, paper="5.2% error (§6)")
+                     loss=loss, host_batches=False)
