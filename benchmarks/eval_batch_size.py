@@ -2,11 +2,13 @@
 
     python benchmarks/eval_batch_size.py --data-dir ../shared/tensorflow_datasets
 
-`capsjax.train.evaluate` (the function `capsjax eval` and the training loop call) over the first
-`--images` MNIST test images, at each batch size; the last batch is padded as in a real
-evaluation. Each batch size is compiled and run once untimed, then timed in `--rounds` rounds
-that visit the sizes in alternating order (the VM's speed drifts); the median round counts. The
-last stdout line is one JSON object: {"images_per_sec": {batch: ...}, "best": batch, ...}. This is
+What `capsjax eval` (`train.evaluate_checkpoint`) and the training loop run:
+`train.evaluate_indexed` of `steps.make_eval_step(graphdef, loss_fn, examples)` over the test
+split resident on the device, here `--images` examples of `--dataset`'s test set (default MNIST:
+its first N images; a built set: N spread over it), at each batch size; the last batch is padded
+as in a real evaluation. Each batch size is compiled and run once untimed, then timed in
+`--rounds` rounds that visit the sizes in alternating order (the VM's speed drifts); the median
+round counts. The last stdout line is one JSON object: {"images_per_sec": {batch: ...}, "best": batch, ...}. This is
 how `capsjax.steps.default_eval_batch_size` was chosen for the CPU.
 """
 
@@ -18,11 +20,10 @@ import time
 import jax
 from flax import nnx
 
-from capsjax import data, steps
+from capsjax import archs, datasets, steps
 from capsjax.config import TrainConfig
 from capsjax.runtime import tune_host_allocator
-from capsjax.train import create_model, evaluate
-from capsjax.archs import capsnet as capsnet_arch
+from capsjax.train import create_model, evaluate_indexed, model_settings
 
 
 def main(argv=None):
@@ -32,28 +33,45 @@ def main(argv=None):
   p.add_argument("--batch-sizes", default="16,32,64,100,128,250,500")
   p.add_argument("--images", type=int, default=2000)
   p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--dataset", default="mnist", choices=datasets.available("test"),
+                 help="test set (default mnist)")
   args = p.parse_args(argv)
-  sizes = [int(b) for b in args.batch_sizes.split(",")]
+  try:
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+  except ValueError:
+    p.error(f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}")
   if min(sizes) < 1 or args.images < 1 or args.rounds < 1:
     p.error("--batch-sizes, --images and --rounds must be positive")
-  split = data.load_split("mnist", "test", args.data_dir, limit=args.images)
-  settings = {"input_shape": [28, 28, 1], "num_classes": 10}
-  graphdef, state = nnx.split(create_model(settings, TrainConfig()))
-  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
+  # As `train.evaluate_checkpoint` builds the evaluation of a run of the TrainConfig defaults.
+  config = TrainConfig()
+  dataset = datasets.get(args.dataset, "test")
+  try:
+    stored = dataset.load("test", args.data_dir, args.images if dataset.host_batches else None)
+    indices = datasets.subset(dataset.size("test", stored), args.images,
+                              f"the {args.dataset} test set")
+  except ValueError as e:
+    p.error(str(e))
+  examples = dataset.examples(config, "test", stored)
+  settings = model_settings(config, stored, datasets.input_shape(examples, stored))
+  graphdef, state = nnx.split(create_model(settings, config))
+  eval_step = steps.make_eval_step(graphdef, dataset.loss(archs.get(config.arch), config),
+                                   examples)
+  on_device = jax.device_put((stored.images, stored.labels))
   for b in sizes:  # compile and warm up each size
-    evaluate(eval_step, state, split, b)
+    evaluate_indexed(eval_step, state, on_device, indices, b)
   seconds = {b: [] for b in sizes}
   for r in range(args.rounds):
     for b in (sizes if r % 2 == 0 else sizes[::-1]):
       t0 = time.perf_counter()
-      evaluate(eval_step, state, split, b)  # ends with the metrics on the host
+      evaluate_indexed(eval_step, state, on_device, indices, b)  # ends with the metrics on the host
       seconds[b].append(time.perf_counter() - t0)
-  rate = {b: len(split) / statistics.median(s) for b, s in seconds.items()}
+  n = len(indices)
+  rate = {b: n / statistics.median(s) for b, s in seconds.items()}
   for b in sizes:
     print(f"batch {b:4d}: {rate[b]:7.1f} images/s  (rounds: "
-          f"{', '.join(f'{len(split) / s:.1f}' for s in seconds[b])})")
+          f"{', '.join(f'{n / s:.1f}' for s in seconds[b])})")
   print(json.dumps({"images_per_sec": rate, "best": max(rate, key=rate.get),
-                    "images": len(split), "rounds": args.rounds,
+                    "images": n, "dataset": args.dataset, "rounds": args.rounds,
                     "backend": jax.default_backend(),
                     "device": str(jax.devices()[0].device_kind)}))
 

@@ -85,7 +85,9 @@ class TrainedModel:
                            for columns in zip(*parts)))
 
   def predict(self, images) -> Prediction:
-    """Classifies `images`: [B, H, W, C] or one [H, W, C]; uint8 (0..255) or float in [0, 1].
+    """Classifies `images`: [B, H, W, C] or one [H, W, C]; uint8 (0..255, read as /255) or float
+    in [0, 1] (`capsjax.inputs`). ValueError (one line) for another shape, another dtype (int32,
+    bool, ...: named) or float values outside [0, 1].
 
     Runs in fixed-size batches (the last one padded), so any B compiles once.
     """
@@ -119,7 +121,11 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
     config: a preset name ("quick", "paper") or a TrainConfig.
     workdir, data_dir: as for the CLI (data_dir None: $TFDS_DATA_DIR).
     progress, tensorboard: as `capsjax train` without --no-progress / with --tensorboard.
-    train_examples, test_examples: use only the first N examples (smoke runs).
+    train_examples: use only the first N training examples (smoke runs).
+    test_examples: evaluate on N test examples (the first N of a stored set, N spread evenly
+      over a built one); recorded with the run as TrainConfig.test_examples, so `capsjax eval`
+      and `capsjax viz` of the run use the same number unless told otherwise. None: the
+      config's (the preset's).
     **overrides: TrainConfig fields, e.g. max_steps=200, routing="uniform".
   Returns:
     the final test metrics, as `capsjax train` prints them.
@@ -133,6 +139,8 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
                      f"{', '.join(sorted(fields))}.")
   if "epochs" in overrides and "max_steps" not in overrides:
     overrides["max_steps"] = None  # epochs alone sets the run length, as on the CLI
+  if test_examples is not None:
+    overrides["test_examples"] = test_examples  # recorded: eval and viz default to it
   config = dataclasses.replace(config, **overrides)
   return train_lib.train(config, workdir, data_dir, train_limit=train_examples,
-                         test_limit=test_examples, progress=progress, tensorboard=tensorboard)
+                         progress=progress, tensorboard=tensorboard)

@@ -1,7 +1,8 @@
 """Orbax checkpoints of {model + optimizer state, step, RNG seed, config} in `workdir/checkpoints`.
 
-The RNG state is the run seed: per-step keys are `fold_in(key(seed), step)` and the data order is
-a function of (seed, step), so (seed, step) restores both.
+The RNG state is the run seed: each step's keys are its named streams folded by the step
+(`capsjax.streams.at_step`) and the data order is a function of (seed, step), so (seed, step)
+restores both.
 
 Every checkpoint carries `capsjax_files.json` (size and CRC-32 of each file), written inside
 Orbax's temporary directory just before its atomic rename; a restore checks it first, so a
@@ -15,6 +16,9 @@ the complete checkpoints are never touched.
 In a multi-process run (capsjax/distributed.py) every process calls `save` and `restore`, which
 Orbax turns into collective writes and reads (the replicated state is written by process 0, the
 manifest after every process has finished); files are removed or moved by process 0 alone.
+What could look different from different processes is decided by process 0 and broadcast
+(`distributed.decide`): the checks before a save (the workdir still there, free space) and which
+checkpoint is the newest good one, so that all take the same branch, or all raise the same error.
 """
 
 import contextlib
@@ -38,6 +42,7 @@ from capsjax.workdir import NO_SPACE, StorageError, free_bytes, megabytes, os_er
 
 MANIFEST = "capsjax_files.json"
 TMP_MARKER = ".orbax-checkpoint-tmp"
+META_FILE = Path("meta") / "metadata"  # the JSON of the "meta" item (Orbax's file name)
 
 
 class CheckpointError(ValueError):
@@ -164,18 +169,16 @@ class Checkpointer:
   def __init__(self, workdir: str | os.PathLike, keep: int = 3, cleanup: bool = False,
                guard: Callable[[], None] | None = None):
     """`cleanup`: delete temporary dirs left by a save that was killed (listed in
-    `self.removed_incomplete`); only a writer (train) should, holding the workdir lock.
-    `guard()`: runs before each save and may raise StorageError (the workdir lock's check that
-    the workdir is still there)."""
+    `self.removed_incomplete`; StorageError if one cannot be); only a writer (train) should,
+    holding the workdir lock. `guard()`: runs before each save and may raise StorageError (the
+    workdir lock's check that the workdir is still there). In a multi-process run process 0
+    alone does both, and every process learns the outcome."""
     self.workdir = Path(workdir).absolute()
     self.guard = guard
     self.directory = self.workdir / "checkpoints"
-    self.removed_incomplete: list[str] = []
-    if cleanup and self.directory.is_dir() and distributed.is_main():
-      for tmp in sorted(self.directory.glob(f"*{TMP_MARKER}*")):
-        shutil.rmtree(tmp)
-        self.removed_incomplete.append(tmp.name)
-    distributed.barrier("capsjax-checkpoints-cleaned")
+    # A decision is also a synchronisation point: the others wait until process 0 has cleaned.
+    self.removed_incomplete: list[str] = (distributed.decide(self._remove_incomplete)
+                                          if cleanup else [])
     # Synchronous saves: the train step donates its state buffers, so an async save could read
     # memory that the next step is already overwriting.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -183,6 +186,20 @@ class Checkpointer:
                                            temporary_path_class=_ManifestTemporaryPath)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._verified: set[int] = set()
+
+  def _remove_incomplete(self) -> list[str]:
+    """Deletes the temporary folders of killed saves; their names. StorageError if one cannot be
+    deleted."""
+    removed = []
+    if self.directory.is_dir():
+      for tmp in sorted(self.directory.glob(f"*{TMP_MARKER}*")):
+        try:
+          shutil.rmtree(tmp)
+        except OSError as e:
+          raise StorageError(f"could not remove {str(tmp)!r}, an incomplete checkpoint left by "
+                             f"an interrupted save: {os_error_reason(e)}") from e
+        removed.append(tmp.name)
+    return removed
 
   def latest_step(self) -> int | None:
     """Step of the newest complete checkpoint, or None."""
@@ -197,22 +214,13 @@ class Checkpointer:
 
     Raises NonFiniteError, writing nothing, if any array of `state` holds NaN or Inf, and
     StorageError if the checkpoint cannot be written (not enough free space for it, a failed
-    write, the workdir gone); a failed save's temporary folder is removed.
+    write, the workdir gone); a failed save's temporary folder is removed. In a multi-process
+    run process 0 makes the checks before the write (workdir, free space) for all processes:
+    all write, or all raise its StorageError.
     """
-    pure = jax.device_get(state.to_pure_dict())
+    pure = jax.device_get(nnx.to_pure_dict(state))
     check_finite(pure, f"refusing to write checkpoint {step}")
-    try:
-      if self.guard is not None:
-        self.guard()
-      needed = self._bytes_needed(pure)
-      free = free_bytes(self.directory)
-    except StorageError as e:
-      raise StorageError(f"could not save checkpoint {step}: {e}; "
-                         f"{self.last_complete_phrase()}") from e
-    except OSError as e:
-      raise StorageError(self._save_failed(step, os_error_reason(e) or _first_line(e))) from e
-    if free < needed and not faults.skip_space_check():
-      raise StorageError(self._save_failed(step, NO_SPACE, needed, free))
+    needed, free = distributed.decide(lambda: self._check_before_save(step, pure))
     try:
       with _held_background_errors():
         self.manager.save(step, args=ocp.args.Composite(
@@ -225,6 +233,23 @@ class Checkpointer:
       if reason is None:
         raise
       raise StorageError(self._save_failed(step, reason, needed, free, left)) from e
+
+  def _check_before_save(self, step: int, pure: dict) -> tuple[int, int]:
+    """(bytes needed, bytes free) for checkpoint `step` of `pure`, after `guard()`; StorageError
+    if the workdir is gone or the checkpoint would not fit."""
+    try:
+      if self.guard is not None:
+        self.guard()
+      needed = self._bytes_needed(pure)
+      free = free_bytes(self.directory)
+    except StorageError as e:
+      raise StorageError(f"could not save checkpoint {step}: {e}; "
+                         f"{self.last_complete_phrase()}") from e
+    except OSError as e:
+      raise StorageError(self._save_failed(step, os_error_reason(e) or _first_line(e))) from e
+    if free < needed and not faults.skip_space_check():
+      raise StorageError(self._save_failed(step, NO_SPACE, needed, free))
+    return needed, free
 
   def _bytes_needed(self, pure: dict) -> int:
     """About what checkpoint `pure` will take: the newest complete checkpoint's size on disk
@@ -327,7 +352,7 @@ class Checkpointer:
     """
     step = self.resolve_step(step)
     self.verify(step)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
     item = (ocp.args.StandardRestore(abstract) if part is None else
             ocp.args.PyTreeRestore({part: abstract}, partial_restore=True))
@@ -347,25 +372,67 @@ class Checkpointer:
 
     A damaged checkpoint is moved to `workdir/corrupt_checkpoints/` (kept for inspection),
     reported, and the previous one is tried. `check_meta(meta)` may raise ValueError (for
-    example a different model), which is not a fallback case and propagates.
+    example a different model), which is not a fallback case and propagates. StorageError if a
+    damaged checkpoint cannot be moved.
+
+    In a multi-process run process 0 alone checks the files and the metadata, moves damaged
+    checkpoints and reports them; the others are told the step to restore (and the reports,
+    passed to their own `report`), and all restore that step together. An error raised by
+    process 0's checks is raised on every process.
     """
+    while True:
+      step, reports = distributed.decide(lambda: self._newest_good_step(check_meta, report))
+      if not distributed.is_main():
+        for line in reports:
+          report(line)
+      if reports:
+        self.manager.reload()
+      if step is None:
+        return None
+      self._verified.add(step)  # process 0's verdict on the files holds for every process
+      try:
+        return self.restore(state, step)
+      except CheckpointError as e:  # whole files (or no manifest) that Orbax cannot read
+        report(distributed.decide(lambda: self._quarantine(step, e)))
+        self.manager.reload()
+
+  def _newest_good_step(self, check_meta: Callable[[dict], None], report: Callable[[str], None]
+                        ) -> tuple[int | None, list[str]]:
+    """(the newest checkpoint whose files pass `verify` and whose metadata passes `check_meta`,
+    or None; the reports of the damaged ones moved aside on the way, each also `report`ed)."""
+    reports = []
     for step in reversed(self.all_steps()):
       try:
-        check_meta(self.read_meta(step))
-        return self.restore(state, step)
+        self.verify(step)
+        check_meta(self._read_meta_file(step))
+        return step, reports
       except CheckpointError as e:
-        moved = self._quarantine(step)
-        report(f"Warning: {e} Moved it to {moved}; falling back to the previous checkpoint.")
-    return None
+        reports.append(self._quarantine(step, e))
+        report(reports[-1])
+    return None, reports
 
-  def _quarantine(self, step: int) -> Path:
+  def _read_meta_file(self, step: int) -> dict[str, Any]:
+    """The metadata of checkpoint `step` read straight from the file Orbax's JsonRestore reads:
+    by this process alone (Orbax's restore waits for all processes at its end)."""
+    path = self.directory / str(step) / META_FILE
+    try:
+      return json.loads(path.read_text())
+    except FileNotFoundError as e:
+      raise self._error(step, f"File {path} not found.") from e
+    except (OSError, ValueError) as e:
+      raise self._error(step, _first_line(e)) from e
+
+  def _quarantine(self, step: int, error: CheckpointError) -> str:
+    """Moves damaged checkpoint `step` to corrupt_checkpoints/; the warning line saying so.
+    StorageError if it cannot be moved."""
     target = self.workdir / "corrupt_checkpoints" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if distributed.is_main():  # the others found the same damage in the same shared files
+    try:
       target.parent.mkdir(exist_ok=True)
       shutil.move(self.directory / str(step), target)
-    distributed.barrier(f"capsjax-quarantined-{step}")
-    self.manager.reload()
-    return target
+    except OSError as e:
+      raise StorageError(f"could not move damaged checkpoint {step} to {str(target)!r}: "
+                         f"{os_error_reason(e) or _first_line(e)} ({error})") from e
+    return f"Warning: {error} Moved it to {target}; falling back to the previous checkpoint."
 
   def _error(self, step: int, why: str) -> CheckpointError:
     return CheckpointError(f"checkpoint {step} in {str(self.directory)!r} cannot be restored: "

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from capsjax import archs, data, datasets, pipeline
 from capsjax import routing as routing_lib
+from capsjax.errors import one_line as _one_line
 from capsjax.runtime import tune_host_allocator
+from capsjax.viz import MULTIMNIST_EXAMPLES
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 1
@@ -105,8 +107,8 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--no-progress", action="store_true", help="no progress bar")
   t.add_argument("--tensorboard", action="store_true",
                  help="also log to WORKDIR/tensorboard (needs the tensorboard extra)")
-  e = sub.add_parser("eval", help="evaluate the latest checkpoint on the full test split",
-                     parents=[common])
+  e = sub.add_parser("eval", help="evaluate the latest checkpoint on the test examples the run "
+                     "evaluated on (or --test-examples N / all)", parents=[common])
   e.add_argument("--workdir", required=True)
   e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   e.add_argument("--batch-size", type=int, default=None,
@@ -115,9 +117,12 @@ def _build_parser() -> argparse.ArgumentParser:
   e.add_argument("--dataset", default=None,
                  help=f"test set: one of {', '.join(datasets.available('test'))} (default: the "
                       "one the run trained on)")
-  e.add_argument("--test-examples", type=int, default=None,
-                 help="evaluate on N test examples: the first N of a stored set, N spread "
-                      "evenly over a built one (default: all)")
+  e.add_argument("--test-examples", default=None, metavar="N|all",
+                 help="evaluate on N test examples (the first N of a stored set, N spread "
+                      "evenly over a built one) or all of them (MultiMNIST: 10M pairs). "
+                      "Default: the number the run recorded (TrainConfig.test_examples; none "
+                      "recorded: the whole set, as the run did); with --dataset of another set, "
+                      "as many as the run evaluated on its own (at most the whole other set)")
   e.add_argument("--no-progress", action="store_true", help="no progress bar")
   e.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                  help="import MODULE first (for runs that did not record their plugins)")
@@ -148,8 +153,11 @@ def _build_parser() -> argparse.ArgumentParser:
                  help="perturb the first N capsule dimensions (default: all)")
   v.add_argument("--image", type=int, default=0, help="test index of the routing figure's image")
   v.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-  v.add_argument("--test-examples", type=int, default=None,
-                 help="use only the first N test images (default: all)")
+  v.add_argument("--test-examples", default=None, metavar="N|all",
+                 help="draw from N test examples (the first N of a stored set, N spread evenly "
+                      "over a built one) or all of them. Default: the number the run recorded "
+                      "(TrainConfig.test_examples); none recorded: the whole set, but "
+                      f"{MULTIMNIST_EXAMPLES:,} pairs of a MultiMNIST run (10M in all)")
   v.add_argument("--no-progress", action="store_true", help="no progress bar")
   return parser
 
@@ -157,10 +165,10 @@ def _build_parser() -> argparse.ArgumentParser:
 def _viz(args) -> dict:
   from capsjax import viz
 
-  _check_positive(args, "dims", "test_examples")
+  _check_positive(args, "dims")
   figures = None if args.figures is None else [f.strip() for f in args.figures.split(",")]
   drawn = viz.render(args.workdir, args.data_dir, args.out, figures, digit=args.digit,
-                     dims=args.dims, step=args.step, test_examples=args.test_examples,
+                     dims=args.dims, step=args.step, test_examples=_test_count(args),
                      image=args.image, progress=not args.no_progress,
                      report=lambda line: sys.stderr.write(f"capsjax: {line}\n"))
   return {"figures": drawn}
@@ -228,16 +236,31 @@ def _check_positive(args, *names: str) -> None:
       raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
 
 
+def _test_count(args) -> int | str | None:
+  """eval's and viz's --test-examples: a positive integer, "all", or None (not given)."""
+  text = args.test_examples
+  if text is None or text == "all":
+    return text
+  try:
+    count = int(text)
+  except ValueError:
+    count = 0
+  if count <= 0:
+    raise ValueError(f"--test-examples must be a positive integer or 'all', got {text!r}.")
+  return count
+
+
 def _eval(args) -> dict:
   from capsjax import train as train_lib
 
-  _check_positive(args, "batch_size", "test_examples")
+  _check_positive(args, "batch_size")
+  count = _test_count(args)
   if args.dataset is not None:
     datasets.get(args.dataset, "test")
-  data.resolve_data_dir(args.data_dir)
+  data_dir = data.resolve_data_dir(args.data_dir)  # absolute, resolved once
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
-  return train_lib.evaluate_checkpoint(args.workdir, args.dataset, args.data_dir,
-                                       args.test_examples, args.batch_size,
+  return train_lib.evaluate_checkpoint(args.workdir, args.dataset, data_dir, count,
+                                       args.batch_size,
                                        progress=not args.no_progress, step=args.step)
 
 
@@ -353,10 +376,6 @@ def main(argv=None) -> int:
   if jax is None or jax.process_index() == 0:  # a multi-process run reports once
     print(result if isinstance(result, str) else json.dumps(result, default=repr))
   return 0
-
-
-def _one_line(e: BaseException) -> str:
-  return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from capsjax.inputs import network_images
 from capsjax.layers import Conv2D
 
 
@@ -15,9 +16,11 @@ class BaselineCNN(nnx.Module):
   The defaults build the paper's MNIST baseline (§5): convolutions of 256, 256 and 128 channels,
   fully connected layers of 328 and 192, dropout into a 10-way softmax; with SAME padding and no
   pooling that is 35,445,522 parameters (the paper's 35.4M). The paper does not give the dropout
-  rate; 0.5 is the usual one. `model(images [B, H, W, C] in [0, 1], dropout_key=None) -> logits
-  [B, classes]`; dropout is applied only when `dropout_key` is given (training). `dtype` (e.g.
-  bfloat16): the convolutions' and matmuls' (parameters and logits stay float32).
+  rate; 0.5 is the usual one. `model(images [B, H, W, C], dropout_key=None) -> logits [B, classes]`
+  float32; dropout is applied only when `dropout_key` is given (training). Images: uint8 0..255
+  (read as /255) or floating point in [0, 1] (`capsjax.inputs`, as for `CapsNet`); ValueError (one
+  line) for another shape or another dtype (int32, bool, ...: named). `dtype` (e.g. bfloat16): the
+  convolutions' and matmuls' (parameters and logits stay float32).
   """
 
   def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
@@ -46,12 +49,8 @@ class BaselineCNN(nnx.Module):
     self.padding = conv_kernel // 2
 
   def __call__(self, images: jnp.ndarray, dropout_key: jax.Array | None = None) -> jnp.ndarray:
-    shape = tuple(jnp.shape(images))
-    if len(shape) != 4 or shape[1:] != self.input_shape:
-      raise ValueError(f"images must have shape [B, {', '.join(map(str, self.input_shape))}] "
-                       f"(NHWC), got {shape}.")
     p = self.padding
-    x = images
+    x = network_images(images, self.input_shape)
     for conv in self.convs:  # SAME = zero padding, then the VALID gather + GEMM convolution
       x = jax.nn.relu(conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))))
     x = x.reshape(x.shape[0], -1)

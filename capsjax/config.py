@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 from typing import Any
 
@@ -22,8 +23,12 @@ class TrainConfig:
   epochs: int | None = None  # run length in epochs; max_steps wins when both are set
   max_steps: int | None = None
   learning_rate: float = 1e-3
-  decay_rate: float = 0.96  # lr * decay_rate ** floor(step / decay_steps) (official code)
+  # lr * decay_rate ** (step / decay_steps), floored at min_learning_rate; the exponent is
+  # rounded down with decay_staircase. The official code: continuous (False), floor 1e-6.
+  decay_rate: float = 0.96
   decay_steps: int = 2000
+  decay_staircase: bool = True
+  min_learning_rate: float = 0.0
   max_shift: int = 2  # random shift augmentation, pixels
   recon_weight: float = 0.0005
   routing: str = "dynamic"  # a name from capsjax.routing.available(), or MODULE:NAME (a plugin)
@@ -70,9 +75,17 @@ class TrainConfig:
     """Raises ValueError naming the first bad setting; returns self."""
     positive = ("batch_size", "learning_rate", "decay_steps", "routing_iters", "log_every",
                 "checkpoint_every", "keep_checkpoints")
+    for name in ("learning_rate", "decay_rate", "min_learning_rate", "recon_weight"):
+      value = getattr(self, name)  # finite in float32, the dtype the step computes in
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+          not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        raise ValueError(f"{name} must be a finite number (in float32), got {value!r}.")
     for name in positive:
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+    if not 0 <= self.min_learning_rate <= self.learning_rate:
+      raise ValueError(f"min_learning_rate must be in [0, learning_rate = {self.learning_rate}], "
+                       f"got {self.min_learning_rate}.")
     for name in ("epochs", "max_steps", "eval_batch_size", "steps_per_dispatch", "devices",
                  "test_examples"):
       value = getattr(self, name)
@@ -104,6 +117,9 @@ class TrainConfig:
     if self.max_steps is not None:
       return self.max_steps
     return self.epochs * (num_train_examples // self.batch_size)
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def model_options(arch: str = "capsnet") -> dict[str, Any]:

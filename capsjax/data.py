@@ -10,7 +10,6 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -75,13 +74,19 @@ class Split:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-  """`data_dir`, else $TFDS_DATA_DIR; raises ValueError if neither names a non-empty folder."""
+  """`data_dir`, else $TFDS_DATA_DIR, as an absolute path; raises ValueError if neither names a
+  non-empty folder.
+
+  Every reader of a data dir goes through this. A relative path is made absolute here, against
+  the current directory, once: callers keep the result, so links to the record files and later
+  reads do not depend on the directory they run in.
+  """
   if data_dir is None:
     data_dir = os.environ.get(DATA_DIR_ENV)
     if not data_dir:
       raise ValueError(f"no data dir given: pass --data-dir DIR or set {DATA_DIR_ENV} to a TFDS "
                        "data_dir that holds mnist/3.0.1 (array_record).")
-  path = Path(data_dir).expanduser()
+  path = Path(data_dir).expanduser().absolute()
   if not path.is_dir():
     raise ValueError(f"data dir {str(path)!r} does not exist or is not a directory; expected a "
                      "TFDS data_dir such as ../shared/tensorflow_datasets.")
@@ -190,30 +195,3 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
   """
   epoch, pos = divmod(step, steps_per_epoch(num_examples, batch_size))
   return _epoch_permutation(num_examples, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
-
-
-def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Endless (images uint8 [B, H, W, C], labels int32 [B]) from global step `start_step` on."""
-  step = start_step
-  while True:
-    idx = batch_indices(len(split), batch_size, seed, step)
-    yield split.images[idx], split.labels[idx]
-    step += 1
-
-
-def eval_batches(split: Split, batch_size: int
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(images, labels, mask) over the whole split; the last batch is zero-padded, mask marks
-  real examples, so every batch has the same shape (one compilation)."""
-  n = len(split)
-  for start in range(0, n, batch_size):
-    images = split.images[start:start + batch_size]
-    labels = split.labels[start:start + batch_size]
-    k = len(labels)
-    mask = np.ones(batch_size, bool)
-    if k < batch_size:
-      images = np.concatenate([images, np.zeros((batch_size - k, *images.shape[1:]), np.uint8)])
-      labels = np.concatenate([labels, np.zeros(batch_size - k, np.int32)])
-      mask[k:] = False
-    yield images, labels, mask

@@ -16,14 +16,25 @@ Before joining, a process other than 0 waits up to `timeout_s` for the coordinat
 TCP connection and raises a one-line ValueError if it never does (JAX itself would abort the
 process with a C++ stack trace). Process 0 checks that it can listen on the port. Once all have
 joined, JAX's heartbeat is meant to stop every process if one dies (not tested here).
+
+A check whose answer may differ between processes (the workdir lock and the workdir still being
+there, the free space before a save, which checkpoint is the newest good one) is made once, by
+process 0, and its outcome broadcast (`decide`): all processes take the same branch, and a
+failed check ends every one of them with the same error instead of one raising while the others
+wait for it in a collective.
 """
 
+import importlib
+import json
 import socket
 import time
+from typing import Callable, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from capsjax.errors import one_line
 
 DEFAULT_TIMEOUT_S = 300
 
@@ -96,7 +107,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                initialization_timeout=int(max(1, timeout_s)))
   except (ValueError, RuntimeError) as e:  # e.g. --distributed outside a detected cluster
-    raise ValueError(f"could not start the multi-process run: {' '.join(str(e).split())} "
+    raise ValueError(f"could not start the multi-process run: {one_line(e)} "
                      "Outside SLURM, Open MPI or a TPU pod give --coordinator-address, "
                      "--num-processes and --process-id.") from None
   return True
@@ -115,7 +126,66 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def barrier(name: str) -> None:
-  """Waits until every process has reached `name` (no-op in a one-process run)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+T = TypeVar("T")
+_CHUNK_BYTES = 1024  # a decision's text crosses in broadcasts of this size (one compiled shape)
+
+
+def decide(fn: Callable[[], T]) -> T:
+  """`fn()` run on process 0 alone, its outcome given to every process: a check whose answer
+  may differ between processes (the workdir still there, free space, which checkpoint is good),
+  made once before something all processes do together, so that all take the same branch.
+
+  Every process must call it at the same point. `fn`'s value must be JSON-serialisable (None,
+  numbers, strings, lists, dicts); every process, 0 included, returns its JSON round trip (a
+  tuple comes back as a list). If `fn` raises, process 0 raises that exception and every other
+  process raises one of the same class with the same one-line message (RuntimeError naming
+  process 0 if that class cannot be made from one message). One-process run: just `fn()`,
+  nothing sent, no collective.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  error, failed, text = None, 0, ""
+  if is_main():
+    try:
+      value = fn()
+      text = "" if value is None else json.dumps(value)
+    except Exception as e:  # every process must learn of any failure, or the others would wait
+      cls = type(e)
+      error, failed = e, 1
+      text = json.dumps({"class": f"{cls.__module__}:{cls.__qualname__}",
+                         "message": one_line(e)})
+  failed, text = _broadcast_from_main(failed, text)
+  if error is not None:
+    raise error
+  if failed:
+    raise _rebuilt_error(json.loads(text))
+  return None if text == "" else json.loads(text)
+
+
+def _broadcast_from_main(flag: int, text: str) -> tuple[int, str]:
+  """(flag, text) of process 0 on every process: a header, then the UTF-8 text in fixed-size
+  pieces (none for an empty text)."""
+  data = text.encode() if is_main() else b""
+  header = multihost_utils.broadcast_one_to_all(np.array([flag, len(data)], np.int32))
+  flag, size = int(header[0]), int(header[1])
+  received = bytearray()
+  for start in range(0, size, _CHUNK_BYTES):
+    piece = np.zeros(_CHUNK_BYTES, np.uint8)
+    part = data[start:start + _CHUNK_BYTES]
+    piece[:len(part)] = np.frombuffer(part, np.uint8)
+    received += np.asarray(multihost_utils.broadcast_one_to_all(piece)).tobytes()
+  return flag, received[:size].decode()
+
+
+def _rebuilt_error(sent: dict) -> Exception:
+  """The exception process 0 raised in `decide`, as one of the same class and message."""
+  module, _, name = sent["class"].partition(":")
+  try:
+    cls = importlib.import_module(module)
+    for part in name.split("."):
+      cls = getattr(cls, part)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+      return cls(sent["message"])
+  except Exception:  # a class this process cannot import or build from one message
+    pass
+  return RuntimeError(f"process 0 failed: {sent['message']}")

@@ -100,7 +100,7 @@ class DigitCaps(nnx.Module):
     if self.vote_chunk_size is not None:
       chunked = functools.partial(routing_lib.dynamic_routing_chunked, W=W,
                                   num_iters=self.num_iters, chunk_size=self.vote_chunk_size,
-                                  **self.options)
+                                  dtype=self.dtype, **self.options)
       return jax.vmap(chunked)(u)
     params = {k: p[...] for k, p in self.routing_params.items()}
     rule = functools.partial(self.rule.fn, num_iters=self.num_iters, **self.options, **params)

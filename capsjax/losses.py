@@ -36,41 +36,24 @@ def reconstruction_loss(recon: jnp.ndarray, images: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(jnp.square(diff), axis=-1)
 
 
-def total_loss(margin: jnp.ndarray, recon: jnp.ndarray,
-               recon_weight: float = RECONSTRUCTION_WEIGHT) -> jnp.ndarray:
-  """Scalar training loss: mean over the batch of margin + 0.0005 * reconstruction.
-
-  Args:
-    margin: [B] margin losses; recon: [B] reconstruction losses.
-  """
-  return jnp.mean(margin + recon_weight * recon)
-
-
 def two_hot(labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
   """[B, 2] class pairs -> [B, K] targets with a 1 at each of the two classes (MultiMNIST, §6)."""
   return jnp.max(jax.nn.one_hot(labels, num_classes), axis=-2)
 
 
-def two_digit_loss(lengths: jnp.ndarray, labels: jnp.ndarray, reconstructions: jnp.ndarray,
-                   digits: jnp.ndarray, recon_weight: float = RECONSTRUCTION_WEIGHT
-                   ) -> jnp.ndarray:
-  """MultiMNIST's training loss (§6): Eq. 4 against the two-hot target, plus each digit's
-  reconstruction error (a sum of squares, from its own true class's capsule, against that
-  digit's own shifted image, as the official code's `_remake` does per digit), both weighted.
-
-  Args:
-    lengths: [B, K] capsule lengths; labels: [B, 2] the two classes.
-    reconstructions: [B, 2, H, W, C] the decoder's output for each digit's class.
-    digits: [B, 2, H, W, C] each digit alone on the canvas.
-  Returns:
-    Scalar: the batch mean of margin + recon_weight * (recon_1 + recon_2).
-  """
-  return jnp.mean(two_digit_terms(lengths, labels, reconstructions, digits, recon_weight)[0])
-
-
 def two_digit_terms(lengths: jnp.ndarray, labels: jnp.ndarray, reconstructions: jnp.ndarray,
                     digits: jnp.ndarray, recon_weight: float = RECONSTRUCTION_WEIGHT):
-  """Per example, as `two_digit_loss`: (total [B], margin [B], recon_1 + recon_2 [B])."""
+  """MultiMNIST's training loss (§6) per example: Eq. 4 against the two-hot target, plus each
+  digit's reconstruction error (a sum of squares, from its own true class's capsule, against
+  that digit's own shifted image, as the official code's `_remake` does per digit), weighted.
+
+  Args:
+    lengths: [B, K] capsule lengths; labels: [B, 2] int, the two classes.
+    reconstructions: [B, 2, H, W, C] the decoder's output for each digit's class.
+    digits: [B, 2, H, W, C] float in [0, 1], each digit alone on the canvas.
+  Returns:
+    (total [B] = margin + recon_weight * recon, margin [B], recon_1 + recon_2 [B]).
+  """
   margin = margin_loss(lengths, two_hot(labels, lengths.shape[-1]))
   recon = sum(reconstruction_loss(reconstructions[:, i], digits[:, i]) for i in range(2))
   return margin + recon_weight * recon, margin, recon

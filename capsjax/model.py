@@ -9,6 +9,7 @@ from flax import nnx
 from jax.experimental import checkify
 
 from capsjax import conv
+from capsjax.inputs import check_label_dtype, network_images
 from capsjax.layers import Conv2D, Decoder, DigitCaps, PrimaryCaps
 from capsjax.squash import safe_length
 
@@ -36,16 +37,24 @@ class CapsNetOutput(NamedTuple):
 
 
 def _is_concrete(x: Any) -> bool:
+  """Whether `x` has values to read: not a tracer (inside jit, vmap, grad) nor a ShapeDtypeStruct.
+
+  `jax.core.Tracer` is public and not deprecated in JAX 0.10 (checked on 0.10.2: jax/core.py
+  exports it outside its deprecation table); `jax.core.is_concrete`, the other candidate, is
+  deprecated there and so is not used.
+  """
   return not isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct))
 
 
 def check_labels(labels: Any, num_classes: int) -> None:
-  """Raises ValueError unless concrete `labels` lie in [0, num_classes).
+  """Raises ValueError unless `labels` are integers (`capsjax.inputs.check_label_dtype`: float
+  and bool refused, the dtype named) and, when concrete, lie in [0, num_classes).
 
-  Traced labels (inside `jax.jit`) have no values to check: `CapsNet` then adds a
+  Traced labels (inside `jax.jit`) have a dtype but no values to check: `CapsNet` then adds a
   `checkify.debug_check`, which reports them under `checkify.checkify` and costs nothing otherwise.
   capsjax's jitted steps call this on the host before the compiled call (see `capsjax.steps`).
   """
+  check_label_dtype(labels)
   if not _is_concrete(labels):
     return
   if isinstance(labels, jax.Array) and not labels.is_fully_addressable:  # multi-process: its part
@@ -61,8 +70,12 @@ class CapsNet(nnx.Module):
   """Conv1 -> PrimaryCaps -> DigitCaps (routing) -> masked Decoder.
 
   The defaults build the paper's MNIST network: 8,215,568 parameters, 6,804,224 without the
-  decoder. `model(images [B, H, W, C] in [0, 1], labels [B] or None) -> CapsNetOutput`. With labels
-  the decoder sees the true class's capsule (training); without, the highest-scoring one (testing).
+  decoder. `model(images [B, H, W, C], labels [B] or None) -> CapsNetOutput`. With labels the
+  decoder sees the true class's capsule (training); without, the highest-scoring one (testing).
+  Images: uint8 0..255 (read as /255) or floating point in [0, 1] (`capsjax.inputs`); labels:
+  integers in [0, num_classes). ValueError (one line) for another shape, an image dtype other
+  than those (int32, bool, ...: the dtype is named), labels of a float or bool dtype, or
+  concrete labels out of range; inside `jax.jit` the dtype and shape checks still raise.
   `routing` names a registered rule (`capsjax.routing.available()`), `routing_options` its keyword
   options; `vote_chunk_size` switches dynamic routing to the memory-efficient chunked votes.
 
@@ -138,26 +151,24 @@ class CapsNet(nnx.Module):
     for param in biases:
       param[...] = jnp.full(param.shape, 0.1)
 
-  def _check_inputs(self, images: jnp.ndarray, labels: jnp.ndarray | None) -> None:
-    shape = tuple(jnp.shape(images))
-    if len(shape) != 4 or shape[1:] != self.input_shape:
-      raise ValueError(f"images must have shape [B, {', '.join(map(str, self.input_shape))}] "
-                       f"(NHWC), got {shape}.")
+  def _inputs(self, images: Any, labels: Any) -> jnp.ndarray:
+    """The checked images as float32 (`capsjax.inputs`); checks `labels` (None: none)."""
+    x = network_images(images, self.input_shape)
     if labels is None:
-      return
-    if tuple(jnp.shape(labels)) != shape[:1]:
-      raise ValueError(f"labels must have shape [{shape[0]}] (one integer class per image), got "
+      return x
+    batch = jnp.shape(images)[0]
+    if tuple(jnp.shape(labels)) != (batch,):
+      raise ValueError(f"labels must have shape [{batch}] (one integer class per image), got "
                        f"{tuple(jnp.shape(labels))}.")
-    if _is_concrete(labels):
-      check_labels(labels, self.num_classes)
-    else:
+    check_labels(labels, self.num_classes)  # the dtype always, the values when concrete
+    if not _is_concrete(labels):
       checkify.debug_check(jnp.all((labels >= 0) & (labels < self.num_classes)),
                            f"labels must lie in [0, {self.num_classes - 1}], got values from "
                            "{lo} to {hi}.", lo=jnp.min(labels), hi=jnp.max(labels))
+    return x
 
   def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None) -> CapsNetOutput:
-    self._check_inputs(images, labels)
-    x = jax.nn.relu(self.conv1(images))
+    x = jax.nn.relu(self.conv1(self._inputs(images, labels)))
     u = self.primary(x)
     v, couplings, activations = self.digits(u)
     lengths = safe_length(v) if activations is None else activations

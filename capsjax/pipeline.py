@@ -133,13 +133,21 @@ def _placements(mesh: Mesh | None):
   return parallel.replicated(mesh), parallel.batch_split(mesh, axis=1)
 
 
-def make_source(pipeline: str, split: data.Split, batch_size: int, seed: int, capacity: int,
-                mesh: Mesh | None = None, num_examples: int | None = None):
-  """A `DeviceResident` or `HostBatches` source (see `choose`) of chunks of up to `capacity`
-  steps over a set of `num_examples` (default len(split)), on `mesh` (data parallel) if given.
-  "auto" keeps a set larger than its stored split on the device."""
-  kind = choose(pipeline, split, None if mesh is None else mesh.devices.flat[0])
+def resolve(pipeline: str, split: data.Split, num_examples: int | None = None,
+            device: jax.Device | None = None) -> str:
+  """The source `make_source` runs for `pipeline` over a set of `num_examples` (default
+  len(split)) built on `split`: `choose`, except that "auto" keeps a set larger than its stored
+  split on the device."""
+  kind = choose(pipeline, split, device)
   if pipeline == "auto" and num_examples not in (None, len(split)):
     kind = "device"
+  return kind
+
+
+def make_source(pipeline: str, split: data.Split, batch_size: int, seed: int, capacity: int,
+                mesh: Mesh | None = None, num_examples: int | None = None):
+  """A `DeviceResident` or `HostBatches` source (see `resolve`) of chunks of up to `capacity`
+  steps over a set of `num_examples` (default len(split)), on `mesh` (data parallel) if given."""
+  kind = resolve(pipeline, split, num_examples, None if mesh is None else mesh.devices.flat[0])
   return (DeviceResident if kind == "device" else HostBatches)(split, batch_size, seed, capacity,
                                                                 mesh, num_examples)

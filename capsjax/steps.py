@@ -1,14 +1,17 @@
 """Jitted train and eval steps over an NNX (model, optimizer) pair split into graphdef + state.
 
 The steps know nothing of the network: its loss and outputs come from its `capsjax.archs.Arch`,
-the data augmentation is a `Transform` passed in.
+the batch (with its augmentation) from the dataset's `Examples` function passed in
+(`capsjax.datasets`; a `Transform` such as the random shift runs inside it).
 
 The state pytree is donated to the train step, so parameters and Adam moments are updated in
 place; `nnx.split`/`nnx.merge` happen once outside the loop and inside the traced function only.
 
-Both steps check the labels on the host before the compiled call (`CapsNet` cannot raise on traced
-labels): the labels are already host numpy arrays in the training loop, so the check reads no
-device value and adds no synchronisation, only a min/max over B integers.
+The training loop runs `make_train_chunk`, K steps per dispatch on labels already on the device
+(the resident split, or a chunk of host batches), and evaluates with `make_eval_step` over the
+test split on the device. Neither checks labels per step (`CapsNet` cannot raise on traced
+labels): each split's labels are checked once, when the split is loaded (`data.Split` runs
+`data.check_batch`).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -18,8 +21,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from capsjax import streams
 from capsjax.archs import LossFn, Outputs
-from capsjax.model import check_labels
+from capsjax.streams import StepKeys
+from capsjax.inputs import to_float  # uint8 /255, float as float32, others refused
 
 
 # Evaluation batch size per backend, from benchmarks/eval_batch_size.py (README "Evaluation
@@ -51,22 +56,25 @@ class StepMetrics(NamedTuple):
 Transform = Callable[[jax.Array, jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
 
 
-def make_schedule(learning_rate: float, decay_rate: float, decay_steps: int) -> optax.Schedule:
-  """lr * decay_rate ** floor(step / decay_steps): the official code's staircase decay."""
-  return optax.exponential_decay(learning_rate, decay_steps, decay_rate, staircase=True)
+def make_schedule(learning_rate: float, decay_rate: float, decay_steps: int,
+                  staircase: bool = True, min_learning_rate: float = 0.0) -> optax.Schedule:
+  """The learning rate at optimizer step t (0-based): max(lr * decay_rate ** e, min_lr), with
+  e = floor(t / decay_steps) (`staircase`) or t / decay_steps (continuous).
+
+  The official code (Sarasra/models, research/capsules/models/model.py) uses the continuous
+  form, `tf.train.exponential_decay` without `staircase`, floored by `tf.maximum(lr, 1e-6)`:
+  `make_schedule(1e-3, 0.96, 2000, staircase=False, min_learning_rate=1e-6)`.
+  """
+  return optax.exponential_decay(learning_rate, decay_steps, decay_rate, staircase=staircase,
+                                 end_value=min_learning_rate if min_learning_rate > 0 else None)
 
 
-def make_optimizer(learning_rate: float, decay_rate: float, decay_steps: int
+def make_optimizer(learning_rate: float, decay_rate: float, decay_steps: int,
+                   staircase: bool = True, min_learning_rate: float = 0.0
                    ) -> optax.GradientTransformation:
   """Adam with `make_schedule`'s learning rate."""
-  return optax.adam(make_schedule(learning_rate, decay_rate, decay_steps))
-
-
-def to_float(images: jnp.ndarray) -> jnp.ndarray:
-  """uint8 [0, 255] -> float32 [0, 1]; float input is passed through."""
-  if jnp.issubdtype(images.dtype, jnp.integer):
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
+  return optax.adam(make_schedule(learning_rate, decay_rate, decay_steps, staircase,
+                                  min_learning_rate))
 
 
 def _model_of(merged: Any) -> nnx.Module:
@@ -85,61 +93,32 @@ def _objective(loss_fn: LossFn, model, images, labels, *, train: bool, key=None,
       jnp.sum(w))
 
 
-def _checking_labels(jitted: Callable, graphdef: Any) -> Callable:
-  """`jitted(state, images, labels, ...)` preceded by `check_labels` on the host.
-
-  The class count comes from the network in `graphdef` (alone or first of (model, optimizer)),
-  merged once on the first call; `.jitted` is the compiled function itself (for `lower`,
-  `eval_shape`, ...).
+def _train_update(graphdef: Any, loss_fn: LossFn):
+  """The pure training step `(state, images, targets, keys: StepKeys) -> (state, metrics)` on
+  a built batch (`capsjax.datasets.Examples`, which used `keys.data`); `keys.dropout` feeds the
+  loss (dropout): another stream of the run's seed (`capsjax.streams`). `metrics.finite` is 0 when the loss, a gradient, or a parameter or
+  optimizer-state value after the update is NaN/Inf: so the step that breaks the parameters
+  (e.g. an infinite learning rate) is the one flagged, not the next.
   """
-  num_classes = []
 
-  def step(state, images, labels, *args):
-    if not num_classes:
-      num_classes.append(_model_of(nnx.merge(graphdef, state)).num_classes)
-    check_labels(labels, num_classes[0])
-    return jitted(state, images, labels, *args)
-
-  step.jitted = jitted
-  return step
-
-
-def _train_update(graphdef: Any, loss_fn: LossFn, transform: Transform | None):
-  """The pure training step `(state, images, labels, key) -> (state, metrics)` (see
-  `make_train_step`), shared by the one-step and the many-step (`make_train_chunk`) programs."""
-
-  def update(state, images, labels, key):
+  def update(state, images, labels, keys: StepKeys):
     # copy=True: the update must leave `state` itself unchanged (a chunk keeps it when the step
     # turns out non-finite); merging without it would share and mutate its Variables.
     model, optimizer = nnx.merge(graphdef, state, copy=True)
     x = to_float(images)
-    if transform is not None:
-      x, labels = transform(key, x, labels)
 
     def loss_fn_of(m):
-      return _objective(loss_fn, m, x, labels, train=True, key=jax.random.fold_in(key, 1))
+      return _objective(loss_fn, m, x, labels, train=True, key=keys.dropout)
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn_of, has_aux=True)(model)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
-                                for g in (loss, *jax.tree.leaves(grads))]))
-    metrics = metrics._replace(finite=finite.astype(jnp.float32))
     optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), metrics
+    new_state = nnx.state((model, optimizer))
+    checked = [loss, *jax.tree.leaves(grads),
+               *(x for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.inexact))]
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in checked]))
+    return new_state, metrics._replace(finite=finite.astype(jnp.float32))
 
   return update
-
-
-def make_train_step(graphdef: Any, loss_fn: LossFn, transform: Transform | None = None):
-  """Returns jitted `step(state, images uint8 [B,H,W,C], labels [B], key) -> (state, metrics)`.
-
-  `state` is `nnx.split((model, optimizer))[1]` and is donated; `loss_fn` is the network's
-  (`capsjax.archs.get(name).loss(config)`), `transform` the data augmentation (None: none).
-  `key` feeds the transform and, folded, the loss (dropout). `metrics.finite` is 0 when the
-  loss or any gradient is NaN/Inf (the update is applied regardless: the caller must stop).
-  Labels outside [0, num_classes) raise ValueError before the step runs.
-  """
-  update = _train_update(graphdef, loss_fn, transform)
-  return _checking_labels(jax.jit(update, donate_argnums=0), graphdef)
 
 
 class ChunkResult(NamedTuple):
@@ -156,36 +135,32 @@ class ChunkResult(NamedTuple):
   bad_step: jnp.ndarray
 
 
-def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None = None, *,
-                     examples: Callable | None = None):
+def make_train_chunk(graphdef: Any, loss_fn: LossFn, examples: Callable):
   """Returns jitted `chunk(state, images [N,H,W,C], labels [N], indices [K,B] int, first_step,
-  num_steps, base_key) -> (state, ChunkResult)`: up to K training steps in one dispatch.
+  num_steps, base_keys) -> (state, ChunkResult)`: up to K training steps in one dispatch.
 
-  Step i (0 <= i < num_steps, both scalars on the device, num_steps <= K) trains on
-  `examples(key, images, labels, indices[i])` with key `fold_in(base_key, first_step + i)`
-  (`capsjax.datasets.Examples`; default: `gather(transform)`, the rows `images[indices[i]]`
-  transformed, exactly the batch and key that `make_train_step` would be given for global step
-  first_step + i). `images`/`labels` are the stored training split resident on the device; or,
-  with `indices` None, this chunk's rows themselves, [K, B, H, W, C] / [K, B], step i building
-  its batch from `images[i]` as a split of B rows. A step whose loss or
-  gradient is non-finite leaves the state as it was and ends the chunk (`ChunkResult.bad_step`),
+  `base_keys` is the run's `streams.run_keys(seed)`; global step s = first_step + i (0 <= i <
+  num_steps, both scalars on the device, num_steps <= K) has keys `k = streams.at_step(base_keys,
+  s)`, trains on `examples(k.data, images, labels, indices[i])` (`capsjax.datasets.Examples`,
+  e.g. `gather(augment.shift_transform(2))`: the rows `images[indices[i]]`, shifted) and draws
+  its dropout from `k.dropout`. `images`/`labels` are the stored training split resident on the
+  device; or, with `indices` None, this chunk's rows themselves, [K, B, H, W, C] / [K, B],
+  step i building its batch from `images[i]` as a split of B rows. A step whose loss, gradient
+  or updated state is non-finite leaves the state as it was and ends the chunk (`ChunkResult.bad_step`),
   so the returned state is the last good one. One compilation serves every num_steps <= K (a
   `while_loop`); `state` is donated.
   """
-  if examples is None:
-    from capsjax.datasets import gather  # (datasets imports this module)
-    examples = gather(transform)
-  update = _train_update(graphdef, loss_fn, None)
+  update = _train_update(graphdef, loss_fn)
 
-  def chunk(state, images, labels, indices, first_step, num_steps, base_key):
+  def chunk(state, images, labels, indices, first_step, num_steps, base_keys):
     def key_of(i):
-      return jax.random.fold_in(base_key, first_step + i)
+      return streams.at_step(base_keys, first_step + i)
 
     def batch(i):
       if indices is None:
         rows = jnp.arange(labels.shape[1], dtype=jnp.int32)
-        return examples(key_of(i), images[i], labels[i], rows)
-      return examples(key_of(i), images, labels, indices[i])
+        return examples(key_of(i).data, images[i], labels[i], rows)
+      return examples(key_of(i).data, images, labels, indices[i])
 
     shapes = jax.eval_shape(update, state, *batch(0), key_of(0))[1]
     capacity = (labels if indices is None else indices).shape[0]
@@ -212,36 +187,30 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, transform: Transform | None
   return jax.jit(chunk, donate_argnums=0)
 
 
-def make_eval_step(graphdef: Any, loss_fn: LossFn, examples: Callable | None = None):
-  """Returns jitted `step(state, images, labels, valid [B] bool) -> StepMetrics`.
+def make_eval_step(graphdef: Any, loss_fn: LossFn, examples: Callable):
+  """Returns jitted `step(state, images [N,...], labels [N], index [B] int, valid [B] bool) ->
+  StepMetrics` over the examples `examples(None, images, labels, index)`
+  (`capsjax.datasets.Examples`) of the stored test split resident on the device (its labels
+  were checked when it was loaded); `train.evaluate_indexed` runs it over a test set.
 
   `graphdef`/`state`: of the model alone (`load_for_eval`), or of the (model, optimizer) pair
   that training uses (the optimizer is not touched). Test-time behaviour (CapsNet: decoder
-  masked by the predicted class); padded examples (valid = False) do not count. Labels outside
-  [0, num_classes) raise ValueError.
-
-  With `examples` (`capsjax.datasets.Examples`): `step(state, images [N,...], labels [N],
-  index [B], valid [B]) -> StepMetrics` over `examples(None, images, labels, index)`, the stored
-  test split resident on the device (checked when it was loaded, so no label check here).
+  masked by the predicted class); padded examples (valid = False) do not count.
   """
 
-  def step(state, images, labels, valid):
+  def step(state, images, labels, index, valid):
+    x, targets = examples(None, images, labels, index)
     model = _model_of(nnx.merge(graphdef, state))
-    _, metrics = _objective(loss_fn, model, to_float(images), labels, train=False, valid=valid)
+    _, metrics = _objective(loss_fn, model, to_float(x), targets, train=False, valid=valid)
     return metrics
 
-  if examples is not None:
-    def indexed(state, images, labels, index, valid):
-      x, targets = examples(None, images, labels, index)
-      return step(state, x, targets, valid)
-
-    return jax.jit(indexed)
-  return _checking_labels(jax.jit(step), graphdef)
+  return jax.jit(step)
 
 
 def make_outputs_step(graphdef: Any, outputs_fn: Callable[[nnx.Module, jnp.ndarray], Outputs]):
-  """Returns jitted `step(state, images uint8 or float [N,H,W,C]) -> Outputs` (the network's
-  `Arch.outputs`: scores, capsules, reconstructions; state as for `make_eval_step`)."""
+  """Returns jitted `step(state, images [N,H,W,C]) -> Outputs` (the network's `Arch.outputs`:
+  scores, capsules, reconstructions; state as for `make_eval_step`). Images: uint8 0..255 or
+  float in [0, 1] (`capsjax.inputs.to_float`); another dtype raises ValueError naming it."""
 
   def step(state, images):
     return outputs_fn(_model_of(nnx.merge(graphdef, state)), to_float(images))

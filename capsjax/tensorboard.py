@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from capsjax.inputs import to_float
+
 SUBDIR = "tensorboard"
 _NOT_SCALARS = ("step", "split")
 
@@ -43,9 +45,9 @@ class TensorBoardWriter:
     self._writer.flush()
 
   def images(self, step: int, inputs: np.ndarray, reconstructions: np.ndarray) -> None:
-    """`inputs` uint8 / float and `reconstructions` float [N, H, W, C] as one grid image: inputs
-    in the top row, reconstructions below."""
-    to_float = lambda x: x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+    """`inputs` and `reconstructions` [N, H, W, C] as one grid image: inputs in the top row,
+    reconstructions below. Each uint8 0..255 or float in [0, 1] (`capsjax.inputs.to_float`);
+    ValueError naming any other dtype."""
     rows = [np.concatenate(list(to_float(np.asarray(x))), axis=1)
             for x in (inputs, reconstructions)]
     grid = np.clip(np.concatenate(rows, axis=0), 0.0, 1.0)  # [2H, N*W, C]

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from capsjax import archs
 from capsjax import config as config_lib
-from capsjax import data, datasets, distributed, faults, parallel, pipeline, steps
+from capsjax import data, datasets, distributed, faults, parallel, pipeline, steps, streams
 from capsjax import routing as routing_lib
 from capsjax import tensorboard as tensorboard_lib
 from capsjax.checkpoint import CheckpointError, Checkpointer, NonFiniteError
@@ -44,14 +44,22 @@ def model_settings(config: TrainConfig, split: data.Split,
 
 
 def create_model(settings: dict[str, Any], config: TrainConfig) -> nnx.Module:
-  """A fresh network of recorded `settings` (see `model_settings`), seeded by config.seed."""
-  return archs.of_settings(settings).create(settings, config, nnx.Rngs(config.seed))
+  """A fresh network of recorded `settings` (see `model_settings`), initialised from the "init"
+  stream of config.seed (`capsjax.streams`)."""
+  return archs.of_settings(settings).create(settings, config,
+                                           nnx.Rngs(streams.init_rngs_key(config.seed)))
+
+
+def schedule_args(config: TrainConfig) -> tuple:
+  """`steps.make_schedule`'s arguments of `config`."""
+  return (config.learning_rate, config.decay_rate, config.decay_steps, config.decay_staircase,
+          config.min_learning_rate)
 
 
 def create_state(settings: dict[str, Any], config: TrainConfig):
   """(graphdef, state) of a fresh (model, nnx.Optimizer) pair seeded by config.seed."""
   model = create_model(settings, config)
-  tx = steps.make_optimizer(config.learning_rate, config.decay_rate, config.decay_steps)
+  tx = steps.make_optimizer(*schedule_args(config))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   return nnx.split((model, optimizer))
 
@@ -90,29 +98,13 @@ def _summarise(metrics: list[steps.StepMetrics]) -> dict[str, Any]:
           "accuracy": total.correct / n, "examples": int(total.count)}
 
 
-def evaluate(eval_step, state, split: data.Split, batch_size: int, progress: bool = False,
-             place: Callable[[Any], Any] | None = None) -> dict[str, float]:
-  """Full-split evaluation: mean losses and accuracy over every example of `split`.
-
-  `place(batch)` puts each (images, labels, mask) batch on the devices first (data parallel:
-  `parallel.batch_placer`); None leaves that to the jitted step.
-  """
-  num_batches = -(-len(split) // batch_size)
-  batches = tqdm(data.eval_batches(split, batch_size), total=num_batches, unit="batch",
-                 desc="eval", disable=not progress, dynamic_ncols=True, leave=False)
-  place = place or (lambda batch: batch)
-  results = [jax.block_until_ready(eval_step(state, *place(batch))) if progress else
-             eval_step(state, *place(batch)) for batch in batches]
-  return _summarise(results)
-
-
 def evaluate_indexed(eval_step, state, stored, indices: np.ndarray, batch_size: int,
                      progress: bool = False, place: Callable[[Any], Any] | None = None
                      ) -> dict[str, float]:
   """Evaluation over examples `indices` of a dataset built on `stored` (device arrays (images,
-  labels)); `eval_step` is `steps.make_eval_step(..., examples=...)`. The last batch is padded
-  with example 0 and masked, so every batch has one shape (one compilation). `place(batch)`
-  puts each (index, valid) batch on the devices (`parallel.batch_placer`)."""
+  labels)); `eval_step` is `steps.make_eval_step(graphdef, loss_fn, examples)`. The last batch is
+  padded with example 0 and masked, so every batch has one shape (one compilation).
+  `place(batch)` puts each (index, valid) batch on the devices (`parallel.batch_placer`)."""
   num_batches = -(-len(indices) // batch_size)
   place = place or (lambda batch: batch)
   results = []
@@ -128,7 +120,7 @@ def evaluate_indexed(eval_step, state, stored, indices: np.ndarray, batch_size: 
 
 
 def test_record(step: int, result: dict[str, Any]) -> dict[str, Any]:
-  """The metrics.jsonl / CLI record of an `evaluate` result on the test split."""
+  """The metrics.jsonl / CLI record of an `evaluate_indexed` result on the test split."""
   terms = {f"test_{k}": v for k, v in result.items() if k not in ("loss", "accuracy", "examples")}
   return {"step": step, "split": "test", "test_accuracy": result["accuracy"],
           "test_loss": result["loss"], **terms, "test_examples": result["examples"]}
@@ -190,7 +182,8 @@ def _nonfinite_message(step: int, loss: float, ckpt: Checkpointer) -> str:
   good = ckpt.latest_step()
   kept = (f"the last good checkpoint is step {good} in {ckpt.directory}" if good is not None
           else "no checkpoint had been written yet")
-  return (f"non-finite loss or gradient at step {step} (loss {loss:.6g}); "
+  return (f"non-finite loss, gradient or updated parameters at step {step} (mean loss "
+          f"{loss:.6g}); "
           f"stopped without saving it; {kept}. Lower the learning rate or check the data.")
 
 
@@ -205,8 +198,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
       from its latest checkpoint.
     data_dir: TFDS data_dir (None: $TFDS_DATA_DIR).
     train_limit: use only the first N stored training examples (smoke tests).
-    test_limit: evaluate on N test examples (default: config.test_examples): the first N of a
-      stored set, N spread evenly over a set built on the fly (`datasets.subset`).
+    test_limit: evaluate on N test examples (default: config.test_examples; recorded with the
+      run as its test_examples): the first N of a stored set, N spread evenly over a set built
+      on the fly (`datasets.subset`).
     progress: show a tqdm progress bar (stderr).
     tensorboard: also write the metrics and test reconstructions to WORKDIR/tensorboard
       (needs tensorboardX; see capsjax/tensorboard.py).
@@ -220,51 +214,64 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     StorageError: a checkpoint, metrics.jsonl or config.json could not be written (disk full,
       read-only, workdir removed); complete checkpoints and written metrics lines are intact.
   """
+  if test_limit is not None:  # recorded with the run: `capsjax eval` and `viz` default to it
+    config = dataclasses.replace(config, test_examples=test_limit)
   config.validate()
   dataset = datasets.get(config.dataset, "train")
   if config.pipeline == "host" and not dataset.host_batches:
     raise ValueError(f"dataset {config.dataset!r} builds each example from the whole stored "
                      "split on the device; use --pipeline device or auto, not host.")
   dataset.loss(archs.get(config.arch), config)  # a network the dataset cannot train: now
-  data.resolve_data_dir(data_dir)  # bad input fails before the workdir is created
+  # Bad input fails before the workdir is created; absolute from here on (resolved once).
+  data_dir = data.resolve_data_dir(data_dir)
   mesh = parallel.make_mesh(config.devices, config.batch_size)
   if tensorboard:
     tensorboard_lib.check_available()
+  # Everything decidable from the config and the data is decided before the workdir is touched:
+  # a batch larger than the training set, more test examples than the set has.
+  splits = _load_splits(dataset, config, data_dir, train_limit, config.test_examples)
   workdir = prepare_workdir(workdir)
   # Process 0 owns the workdir (the lock, metrics, config.json); the others of a multi-process
   # run only take part in the checkpoints' collective writes and reads.
-  lock = WorkdirLock(workdir) if distributed.is_main() else _NoLock()
+  lock = WorkdirLock(workdir)  # taken by process 0; all learn whether it could (`decide`)
   with lock:  # before anything in the workdir is read or changed
-    distributed.barrier("capsjax-workdir-locked")
-    return _train_locked(config, workdir, lock, data_dir, train_limit, test_limit,
-                         progress and distributed.is_main(), tensorboard, mesh)
+    return _train_locked(config, workdir, lock, splits, progress and distributed.is_main(),
+                         tensorboard, mesh)
 
 
-class _NoLock(contextlib.nullcontext):
-  """The workdir "lock" of a process other than 0 (process 0 holds the real one)."""
+class _Splits(NamedTuple):
+  """A run's stored splits, the sizes of the sets built on them and the test examples used."""
 
-  def check(self) -> None:
-    pass
+  train: data.Split
+  test: data.Split
+  train_size: int
+  test_indices: np.ndarray
 
 
-def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_dir: str | None,
-                  train_limit: int | None, test_limit: int | None, progress: bool,
-                  tensorboard: bool, mesh: jax.sharding.Mesh) -> dict[str, Any]:
-  t_start = time.time()
-  test_limit = config.test_examples if test_limit is None else test_limit
-  dataset = datasets.get(config.dataset, "train")
+def _load_splits(dataset: datasets.Dataset, config: TrainConfig, data_dir: str | None,
+                 train_limit: int | None, test_limit: int | None) -> _Splits:
+  """Loads the stored splits and checks the batch size and the test count against them
+  (ValueError, one line)."""
   train_split = dataset.load("train", data_dir, train_limit)
   test_split = dataset.load("test", data_dir, None if test_limit is None or
                             not dataset.host_batches else test_limit)
   train_size = dataset.size("train", train_split)
+  data.steps_per_epoch(train_size, config.batch_size)  # the batch size vs the data
   test_indices = datasets.subset(dataset.size("test", test_split), test_limit,
                                  f"the {config.dataset} test set")
-  train_examples = dataset.examples(config, "train", train_split)
-  test_examples = dataset.examples(config, "test", test_split)
-  settings = model_settings(config, train_split, datasets.input_shape(train_examples,
-                                                                      train_split))
+  return _Splits(train_split, test_split, train_size, test_indices)
+
+
+def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, splits: _Splits,
+                  progress: bool, tensorboard: bool, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  t_start = time.time()
+  dataset = datasets.get(config.dataset, "train")
+  train_split, test_split, train_size, test_indices = splits
+  # The network's input shape does not depend on the seed; the examples are built below, once
+  # the run's seed is known (a resumed run keeps the seed it was started with).
+  settings = model_settings(config, train_split, datasets.input_shape(
+      dataset.examples(config, "train", train_split), train_split))
   total_steps = config.total_steps(train_size)
-  data.steps_per_epoch(train_size, config.batch_size)  # validates batch size vs data
 
   graphdef, state = create_state(settings, config)
   # Replicated on the mesh's devices (one device: just placed there); a restore keeps this.
@@ -293,23 +300,24 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
         say(f"Keeping the run's seed {saved['seed']} (ignoring seed {config.seed}).")
         config = dataclasses.replace(config, seed=saved["seed"])
     try:
-      if main:
-        write_text_atomic(workdir / "config.json", json.dumps(
-            {"config": dataclasses.asdict(config), "model": settings}, indent=2))
+      distributed.decide(lambda: write_text_atomic(workdir / "config.json", json.dumps(
+          {"config": dataclasses.asdict(config), "model": settings}, indent=2)))
     except StorageError as e:
       raise StorageError(f"{e}; {ckpt.last_complete_phrase()}") from e
     meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
+    train_examples = dataset.examples(config, "train", train_split)  # of the run's seed
+    test_examples = dataset.examples(config, "test", test_split)
 
     arch = archs.get(config.arch)
     loss_fn = dataset.loss(arch, config)
     eval_step = steps.make_eval_step(graphdef, loss_fn, test_examples)
     test_stored = parallel.put((test_split.images, test_split.labels), parallel.replicated(mesh))
     writer = MetricsWriter(workdir, lock.check, ckpt.last_complete_phrase, board)
-    write = writer.write if main else (lambda record: None)
+    write = lambda record: distributed.decide(lambda: writer.write(record))  # process 0 writes
     outputs = steps.make_outputs_step(graphdef, arch.outputs) if tensorboard else None
     eval_batch_size = config.eval_batch_size or steps.default_eval_batch_size()
-    base_key = parallel.put(jax.random.key(config.seed), parallel.replicated(mesh))
-    schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
+    base_keys = parallel.put(streams.run_keys(config.seed), parallel.replicated(mesh))
+    schedule = steps.make_schedule(*schedule_args(config))
 
     def run_eval(step: int) -> dict[str, Any]:
       result = evaluate_indexed(eval_step, state, test_stored, test_indices, eval_batch_size,
@@ -339,7 +347,10 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
     pending: list[steps.StepMetrics] = []
     bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress,
                dynamic_ncols=True, desc=f"train {config.dataset}")
+    # Throughput counts training alone: the seconds spent saving checkpoints and evaluating
+    # within a logging window are taken out and logged beside it (checkpoint_s, eval_s).
     window_start, window_images = time.time(), 0
+    aside = {"checkpoint_s": 0.0, "eval_s": 0.0}
     step = start_step
     upcoming = source.chunk(step, chunk_end(step) - step) if step < total_steps else None
     with StopOnSignal() as stop:
@@ -347,25 +358,28 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
         done = chunk_end(step)
         state = faults.maybe_poison(state, step + 1)
         with jax.transfer_guard("disallow"):  # the chunk's data is on the device already
-          state, result = train_chunk(state, *upcoming, base_key)
+          state, result = train_chunk(state, *upcoming, base_keys)
         if done < total_steps:  # prepared while the device runs this chunk
           upcoming = source.chunk(done, chunk_end(done) - done)
         result = jax.device_get(result)  # metrics of the whole chunk in one transfer
         ran = int(result.steps_run)
         if result.bad_step:
           bar.close()
+          bad = jax.tree.map(lambda x: x[ran], result.metrics)  # the non-finite step's sums
           raise NonFiniteError(_nonfinite_message(
-              int(result.bad_step), float(result.metrics.loss[ran]), ckpt))
+              int(result.bad_step), float(bad.loss) / max(float(bad.count), 1.0), ckpt))
         pending.append(jax.tree.map(lambda x: x[:ran], result.metrics))
         window_images += ran * config.batch_size
         step = done
         if done % config.log_every == 0 or done == total_steps:
           summary = _summarise(pending)
           pending = []
-          rate = window_images / (time.time() - window_start)
-          window_start, window_images = time.time(), 0
-          write({**train_record(done, summary), "images_per_sec": rate,
+          training_s = time.time() - window_start - sum(aside.values())
+          rate = window_images / max(training_s, 1e-9)
+          write({**train_record(done, summary), "images_per_sec": rate, **aside,
                  "learning_rate": float(schedule(done - 1)), "elapsed_s": time.time() - t_start})
+          window_start, window_images = time.time(), 0
+          aside = {"checkpoint_s": 0.0, "eval_s": 0.0}
           bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
                           img_s=f"{rate:.0f}")
         bar.update(ran)
@@ -379,9 +393,13 @@ def _train_locked(config: TrainConfig, workdir: Path, lock: WorkdirLock, data_di
           # (a process that got no signal itself reports SIGTERM, a scheduler's usual one)
           raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, str(ckpt.directory))
         if done % config.checkpoint_every == 0 and done < total_steps:
+          t0 = time.time()
           ckpt.save(done, state, meta)
+          aside["checkpoint_s"] += time.time() - t0
         if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+          t0 = time.time()
           accuracy = run_eval(done)["test_accuracy"]
+          aside["eval_s"] += time.time() - t0
           if main:
             bar.write(f"step {done}: test accuracy {accuracy:.4%}")
       bar.close()
@@ -464,22 +482,43 @@ def load_for_eval(workdir: str | os.PathLike, step: int | None = None, *,
 
 
 def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
-                        data_dir: str | None = None, test_examples: int | None = None,
+                        data_dir: str | None = None, test_examples: int | str | None = None,
                         batch_size: int | None = None, progress: bool = False,
                         step: int | None = None) -> dict[str, Any]:
   """The test record (`test_record`, plus "dataset") of checkpoint `step` (default: newest) of
   `workdir` on the test set of `dataset` (default: the one it was trained on), e.g. a network
   trained on expanded_mnist evaluated on affnist_style.
 
-  Raises ValueError (one line) for an unknown dataset, more test examples than the set has,
-  or a dataset whose inputs differ in shape from what the network takes.
+  `test_examples`: N (the first N of a stored set, N spread evenly over a built one, as in
+  training); "all": every example of the set (MultiMNIST: 10,000,000 pairs); None: the run's own
+  evaluation. On the run's own dataset that is the count it recorded (TrainConfig.test_examples;
+  a run that recorded none evaluated the whole set, and so does this). On another dataset the
+  same number of examples, at most that whole set: the recorded count, or the size of the run's
+  own test set if it recorded none (so an expanded_mnist run evaluates 10,000 affnist_style
+  examples, not all 320,000). With `progress`, a bar counts the examples out of that total.
+
+  Raises ValueError (one line) for an unknown dataset, a count that is not a positive integer or
+  "all", more test examples than the set has, or a dataset whose inputs differ in shape from
+  what the network takes.
   """
+  if not (test_examples is None or test_examples == "all" or (
+      isinstance(test_examples, int) and not isinstance(test_examples, bool)
+      and test_examples > 0)):
+    raise ValueError(f"test_examples must be a positive integer or 'all', got "
+                     f"{test_examples!r}.")
   graphdef, state, meta = load_for_eval(workdir, step)
   config = config_from_saved(meta["config"], report=lambda _: None)
   name = dataset or config.dataset
   chosen = datasets.get(name, "test")
   settings = meta["model"]
-  stored = chosen.load("test", data_dir, test_examples if chosen.host_batches else None)
+  # count None: the whole set; at_most: a default carried over to another set, cut to its size.
+  count, at_most = (None if test_examples == "all" else test_examples), False
+  if test_examples is None:
+    count, at_most = config.test_examples, name != config.dataset
+    if at_most and count is None:  # the run evaluated the whole of its own test set
+      own = datasets.get(config.dataset, "test")
+      count = own.size("test", own.load("test", data_dir, None))
+  stored = chosen.load("test", data_dir, count if chosen.host_batches and not at_most else None)
   examples = chosen.examples(config, "test", stored)
   given = datasets.input_shape(examples, stored)
   expected = tuple(settings.get("input_shape", (28, 28, 1)))
@@ -488,9 +527,24 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
                      f"inputs (trained on {config.dataset}); dataset {name!r} gives "
                      f"{'x'.join(map(str, given))}."
                      " Evaluate it on a dataset of its input size.")
-  indices = datasets.subset(chosen.size("test", stored), test_examples, f"the {name} test set")
+  size = chosen.size("test", stored)
+  if at_most:
+    count = min(count, size)
+    size = count if chosen.host_batches else size  # a stored set: its first `count`
+  indices = datasets.subset(size, count, f"the {name} test set")
   loss_fn = chosen.loss(archs.of_settings(settings), config)
   eval_step = steps.make_eval_step(graphdef, loss_fn, examples)
-  result = evaluate_indexed(eval_step, state, jax.device_put((stored.images, stored.labels)),
-                            indices, batch_size or steps.default_eval_batch_size(), progress)
+  bar = tqdm(total=len(indices), unit="example", desc=f"eval {name} ({len(indices):,} examples)",
+             disable=not progress, dynamic_ncols=True, leave=False)
+
+  def counted(*args):  # the step of one batch; the bar advances by its valid examples
+    metrics = eval_step(*args)
+    if progress:
+      jax.block_until_ready(metrics)
+      bar.update(int(np.sum(args[-1])))  # args[-1]: the batch's valid mask (host numpy)
+    return metrics
+
+  with bar:
+    result = evaluate_indexed(counted, state, jax.device_put((stored.images, stored.labels)),
+                              indices, batch_size or steps.default_eval_batch_size())
   return {"dataset": name, **test_record(int(meta["step"]), result)}

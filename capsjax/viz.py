@@ -30,11 +30,14 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from capsjax.inputs import to_float
+
 FIGURES = ("reconstructions", "perturbations", "routing", "confusion", "curves", "multimnist",
            "samples", "affnist")
 # Figures of one-label datasets (MultiMNIST runs draw `multimnist`, `samples` and `curves`).
 _ONE_LABEL = ("reconstructions", "perturbations", "routing", "confusion")
-# Test pairs of a MultiMNIST run that viz looks at when --test-examples is not given.
+# Test pairs viz looks at for a MultiMNIST run that recorded no test count (its whole 10M-pair
+# set) when --test-examples is not given (`--test-examples all` asks for every pair).
 MULTIMNIST_EXAMPLES = 1000
 OFFSETS = tuple(float(x) for x in np.round(np.linspace(-0.25, 0.25, 11), 2))  # Fig. 4
 
@@ -80,10 +83,11 @@ def run_test_set(model, images: np.ndarray, labels: np.ndarray, progress: bool =
   """`model` (a `capsjax.api.TrainedModel`) over `images` [N, H, W, C], in its batches."""
   grid = primary_grid(model)
   predictions, capsules, reconstructions, coupling = [], [], [], None
-  starts = range(0, len(images), model.batch_size)
-  for start in tqdm(starts, unit="batch", desc="viz: test set", disable=not progress,
-                    dynamic_ncols=True, leave=False):
+  bar = tqdm(total=len(images), unit="example", desc=f"viz: test set ({len(images):,} examples)",
+             disable=not progress, dynamic_ncols=True, leave=False)
+  for start in range(0, len(images), model.batch_size):
     out = model.outputs(images[start:start + model.batch_size])
+    bar.update(len(out.scores))
     predictions.append(np.argmax(out.scores, -1))
     if out.capsules is not None:
       capsules.append(out.capsules)
@@ -92,6 +96,7 @@ def run_test_set(model, images: np.ndarray, labels: np.ndarray, progress: bool =
     if out.couplings is not None and grid is not None:
       part = coupling_by_type(out.couplings, grid)
       coupling = part if coupling is None else coupling + part
+  bar.close()
   if coupling is not None:
     coupling = coupling / (len(images) * grid[0] * grid[1])
   return TestSetPass(np.asarray(labels), np.concatenate(predictions),
@@ -174,11 +179,20 @@ class PairPanels(NamedTuple):
   absent_reconstruction: np.ndarray  # [N, H, W, C]
 
 
-def pair_panels(model, images: np.ndarray, labels: np.ndarray) -> PairPanels:
+def pair_panels(model, images: np.ndarray, labels: np.ndarray, progress: bool = False
+                ) -> PairPanels:
   """Fig. 5: `model` (a TrainedModel of a CapsNet) on pairs `images` [N, H, W, C] with true
   classes `labels` [N, 2]: its two most active classes, each decoded alone, and the most active
-  class that is not in the image (decoded, it shows what the network "imagines")."""
-  out = model.outputs(images)
+  class that is not in the image (decoded, it shows what the network "imagines"). `progress`: a
+  bar counting the N pairs."""
+  parts = []
+  with tqdm(total=len(images), unit="example", desc=f"viz: test pairs ({len(images):,} examples)",
+            disable=not progress, dynamic_ncols=True, leave=False) as bar:
+    for start in range(0, len(images), model.batch_size):
+      parts.append(model.outputs(images[start:start + model.batch_size]))
+      bar.update(len(parts[-1].scores))
+  out = type(parts[0])(*(None if columns[0] is None else np.concatenate(columns)
+                         for columns in zip(*parts)))
   lengths = np.asarray(out.scores)
   predicted = np.argsort(-lengths, axis=-1, kind="stable")[:, :2]
   correct = np.all(np.sort(predicted, -1) == np.sort(labels, -1), -1)
@@ -219,7 +233,8 @@ def _save(plt, fig, path: Path, title: str, dpi: int = 110) -> None:
 
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:
-  image = np.asarray(image, np.float32)
+  """`image` [H, W, C] or [H, W]: uint8 0..255 or float in [0, 1] (`capsjax.inputs.to_float`)."""
+  image = to_float(np.asarray(image))
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
   ax.imshow(image, cmap="gray", vmin=0, vmax=1, **kwargs)
@@ -233,7 +248,7 @@ def draw_reconstructions(images, result: TestSetPass, indices, path: Path, title
   fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.9), squeeze=False)
   for col, i in enumerate(indices):
     wrong = result.labels[i] != result.predictions[i]
-    _show(axes[0, col], images[i] / 255.0 if images.dtype == np.uint8 else images[i])
+    _show(axes[0, col], images[i])
     _show(axes[1, col], result.reconstructions[i])
     axes[0, col].set_title(f"true {result.labels[i]}\npred {result.predictions[i]}", fontsize=8,
                            color="red" if wrong else "black")
@@ -278,7 +293,7 @@ def draw_routing(image, maps: np.ndarray, cls: int, label: int, type_coupling: n
   fig = plt.figure(figsize=(15, 4.6))
   grid = fig.add_gridspec(1, 3, width_ratios=[1, 3.2, 2.2])
   ax_img, ax_map, ax_type = (fig.add_subplot(grid[0, i]) for i in range(3))
-  _show(ax_img, image / 255.0 if image.dtype == np.uint8 else image)
+  _show(ax_img, image)
   ax_img.set_title(f"test image (true {label}, predicted {cls})", fontsize=9)
   shown = ax_map.imshow(sheet, cmap="viridis")
   ax_map.set_xticks([])
@@ -431,9 +446,20 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   """Draws `figures` (default all) of the checkpoint `step` (default newest) of `workdir` into
   `out` (default WORKDIR/figures). Returns {figure: PNG path, or "skipped: <reason>"}.
 
+  `test_examples`: the figures' test examples: N (the first N of a stored set, N spread evenly
+  over a built one), "all" (every one: a MultiMNIST run's 10,000,000 pairs, held in memory), or
+  None: the number the run recorded (TrainConfig.test_examples, as `capsjax eval`); a run that
+  recorded none: its whole test set, but `MULTIMNIST_EXAMPLES` pairs of a MultiMNIST run.
+
   Raises ValueError (one line) for bad input: a workdir without checkpoints, an unknown figure,
-  `digit` outside the classes, `dims` outside 1..the capsules' dimension count.
+  `digit` outside the classes, `dims` outside 1..the capsules' dimension count, `test_examples`
+  neither a positive integer nor "all", or more test examples than the set has.
   """
+  if not (test_examples is None or test_examples == "all" or (
+      isinstance(test_examples, int) and not isinstance(test_examples, bool)
+      and test_examples > 0)):
+    raise ValueError(f"test_examples must be a positive integer or 'all', got "
+                     f"{test_examples!r}.")
   from capsjax import api, archs, data
 
   figures = check_figures(list(figures or FIGURES))
@@ -455,11 +481,15 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   needs_data = [f for f in figures if f not in ("curves", "samples", "affnist")]
   images = labels = None
   if figures != ["curves"]:
-    data.resolve_data_dir(data_dir)
+    data_dir = data.resolve_data_dir(data_dir)  # absolute, resolved once
   if needs_data:
-    count = test_examples or (MULTIMNIST_EXAMPLES if two_digit else None)
+    if test_examples is None:  # the run's own number, as `capsjax eval` uses
+      count = model.config.test_examples
+      count = MULTIMNIST_EXAMPLES if count is None and two_digit else count
+    else:
+      count = None if test_examples == "all" else test_examples
     images, targets = dataset_examples(dataset, model.config, "test", data_dir, count,
-                                       None if two_digit else test_examples)
+                                       None if two_digit else count)
     labels = targets[0] if two_digit else targets
     if not 0 <= image < len(images):
       raise ValueError(f"--image must be a test index in 0..{len(images) - 1}, got {image}.")
@@ -482,7 +512,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       if not two_digit:
         skip(fig, f"the run trained on {dataset}, not multimnist")
         continue
-      panels = pair_panels(model, images, labels)
+      panels = pair_panels(model, images, labels, progress)
       chosen = np.concatenate([np.flatnonzero(panels.correct)[:8],
                                np.flatnonzero(~panels.correct)[:4]])
       accuracy = float(np.mean(panels.correct))
@@ -551,15 +581,14 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 
 
 def _sample_rows(dataset: str, config, data_dir) -> list:
-  """`samples`: 12 training examples (two draws of their randomness, where they have any) and
-  12 test examples."""
-  import jax
-
-  from capsjax import datasets
+  """`samples`: 12 training examples (drawn with the data keys of training steps 0 and 1, where
+  they have randomness) and 12 test examples."""
+  from capsjax import datasets, streams
 
   rows = []
-  seed = jax.random.key(config.seed)
-  for split, key in (("train", seed), ("train", jax.random.fold_in(seed, 1)), ("test", None)):
+  base = streams.run_keys(config.seed)
+  for split, key in (("train", streams.at_step(base, 0).data),
+                     ("train", streams.at_step(base, 1).data), ("test", None)):
     if split not in datasets.get(dataset).splits:
       continue
     x, y = dataset_examples(dataset, config, split, data_dir, 12, key=key,

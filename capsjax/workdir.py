@@ -20,6 +20,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from capsjax import distributed
+
 LOCK_FILE = ".lock"
 # Errors that mean "this file system cannot flock" rather than "someone holds the lock".
 _NO_FLOCK = (errno_lib.ENOLCK, errno_lib.EOPNOTSUPP, errno_lib.ENOSYS, errno_lib.EINVAL)
@@ -124,7 +126,9 @@ class WorkdirLock:
   """Exclusive lock on a workdir for the life of a training run (a context manager).
 
   Raises WorkdirBusyError on entry if another process holds it. On a file system without flock
-  support it warns (through `report`) and runs unlocked.
+  support it warns (through `report`) and runs unlocked. In a multi-process run
+  (capsjax/distributed.py) every process enters it: process 0 takes the lock, and every process
+  raises its error if it could not; `check` does nothing on the others.
   """
 
   def __init__(self, workdir: Path, report=print):
@@ -135,6 +139,10 @@ class WorkdirLock:
     self._identity: tuple[int, int] | None = None
 
   def __enter__(self) -> "WorkdirLock":
+    distributed.decide(self._acquire)
+    return self
+
+  def _acquire(self) -> None:
     # Read-only: flock needs no write access, and an open writable file would keep the file
     # system from being remounted read-only (what an administrator may do to a full disk).
     fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
@@ -157,11 +165,11 @@ class WorkdirLock:
     self.path.write_text(json.dumps(owner))
     stat = os.fstat(fd)
     self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
-    return self
 
   def check(self) -> None:
     """Raises StorageError if the workdir was removed, moved or unmounted since the lock was
-    taken (its lock file is no longer the one this process holds)."""
+    taken (its lock file is no longer the one this process holds). Local: in a multi-process
+    run call it inside a `distributed.decide` (as Checkpointer.save does) so that all learn."""
     if self._fd is None:
       return
     try:

@@ -32,6 +32,7 @@ import jax
 from capsjax import config as config_lib
 from capsjax import data
 from capsjax.config import TrainConfig, get_preset
+from capsjax.errors import one_line
 from capsjax.interrupt import TrainingInterrupted
 from capsjax.model import count_params
 from capsjax.runtime import tune_host_allocator
@@ -223,6 +224,6 @@ if __name__ == "__main__":
   try:
     sys.exit(main())
   except ValueError as e:
-    sys.exit(f"table1: error: {' '.join(str(e).split())}")
+    sys.exit(f"table1: error: {one_line(e)}")
   except TrainingInterrupted as e:
     sys.exit(f"table1: {e}; run the same command again to continue.")

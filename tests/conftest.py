@@ -16,10 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shipped_data_dir() -> str | None:
-  """$TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the checkout, else None."""
+  """$TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the checkout, else None; as an
+  absolute path (a relative $TFDS_DATA_DIR, as in the README's test command, would otherwise
+  break links made to it from temporary folders and runs in another directory)."""
   env = os.environ.get("TFDS_DATA_DIR")
-  if env and Path(env).is_dir():
-    return env
+  if env and Path(env).expanduser().is_dir():
+    return str(Path(env).expanduser().absolute())
   shared = REPO.parent / "shared" / "tensorflow_datasets"
   return str(shared) if shared.is_dir() else None
 

@@ -8,9 +8,8 @@ import pytest
 from PIL import Image
 
 import capsjax
-from capsjax import cli, data, images, steps, train
+from capsjax import cli, data, images, steps
 from capsjax.config import TrainConfig
-from capsjax.archs import capsnet as capsnet_arch
 from conftest import run_cli
 
 TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
@@ -35,7 +34,7 @@ def test_fit_runs_the_cli_loop_and_rejects_unknown_settings(workdir, tmp_path, d
     capsjax.fit("quick", tmp_path / "x", data_dir, max_step=3)
 
 
-def test_predict_agrees_with_evaluation(workdir, data_dir):
+def test_predict_agrees_with_evaluation(workdir, data_dir, capsys):
   model = capsjax.load(workdir)
   assert model.step == 30 and model.input_shape == (28, 28, 1) and model.num_classes == 10
   test = data.load_split("mnist", "test", data_dir, limit=200)
@@ -46,10 +45,11 @@ def test_predict_agrees_with_evaluation(workdir, data_dir):
   np.testing.assert_allclose(pred.scores, np.linalg.norm(pred.capsules, axis=-1), rtol=1e-5,
                              atol=1e-6)
   # The same accuracy as `capsjax eval` of that checkpoint on the same images.
-  graphdef, state, _ = train.load_for_eval(workdir)
-  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
-  result = train.evaluate(eval_step, state, test, batch_size=50)
-  assert np.mean(pred.classes == test.labels) == pytest.approx(result["accuracy"])
+  assert cli.main(["eval", "--workdir", str(workdir), "--data-dir", data_dir, "--test-examples",
+                   "200", "--batch-size", "50"]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["step"] == 30 and result["test_examples"] == 200
+  assert np.mean(pred.classes == test.labels) == pytest.approx(result["test_accuracy"])
   # One image without a batch axis, and float input, give the same answer.
   one = model.predict(test.images[7])
   np.testing.assert_allclose(one.scores[0], pred.scores[7], rtol=1e-5, atol=1e-6)

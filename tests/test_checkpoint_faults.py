@@ -83,7 +83,7 @@ def test_fallback_moves_damaged_checkpoints_aside(tmp_path):
 
 def test_save_refuses_non_finite_state(tmp_path):
   state = _state()
-  pure = state.to_pure_dict()
+  pure = nnx.to_pure_dict(state)
   pure[0]["conv1"]["kernel"] = pure[0]["conv1"]["kernel"].at[0, 0, 0, 0].set(np.inf)
   nnx.replace_by_pure_dict(state, pure)
   ckpt = Checkpointer(tmp_path)
@@ -136,7 +136,7 @@ def _config(**overrides):
 
 def _final(workdir):
   _, state, meta = train.load_for_eval(workdir, with_optimizer=True)
-  return meta["step"], jax.tree.map(np.asarray, state.to_pure_dict())
+  return meta["step"], jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
 
 def test_api_resume_mid_schedule_is_bit_exact(tmp_path, data_dir):

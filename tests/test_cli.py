@@ -40,9 +40,10 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   assert first.returncode == 0, first.stderr
   result = json.loads(first.stdout.strip().splitlines()[-1])
   assert result["step"] == 3 and result["test_examples"] == 64
-  # config.json holds the preset with the flags applied, and reads back as the same TrainConfig.
+  # config.json holds the preset with the flags applied, and reads back as the same TrainConfig;
+  # --test-examples is recorded too (eval and viz of the run default to it).
   expected = dataclasses.replace(config_lib.get_preset("quick"), max_steps=3, batch_size=8,
-                                 checkpoint_every=2, keep_checkpoints=2)
+                                 checkpoint_every=2, keep_checkpoints=2, test_examples=64)
   stored = json.loads((workdir / "config.json").read_text())
   assert config_lib.TrainConfig(**stored["config"]) == expected
   assert stored["model"] == {"arch": "capsnet", "input_shape": [28, 28, 1], "num_classes": 10,
@@ -236,7 +237,7 @@ def test_vote_chunk_size_run_matches_the_plain_run(epoch_run, tmp_path, data_dir
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
   # After 3 Adam steps (each moves a weight by up to ~1e-3) the parameters still agree.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-6),
-               chunked_state.to_pure_dict(), plain_state.to_pure_dict())
+               nnx.to_pure_dict(chunked_state), nnx.to_pure_dict(plain_state))
 
 
 def test_keyboard_interrupt_outside_the_training_loop(tmp_path, data_dir, capsys, monkeypatch):

@@ -1,9 +1,14 @@
-"""Reading the shipped TFDS MNIST / Fashion-MNIST (array_record) and batching it."""
+"""Reading the shipped TFDS MNIST / Fashion-MNIST (array_record) and the training batches the
+loop draws from it."""
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from capsjax import data
+from capsjax import cli, data, pipeline
+from conftest import copy_of_mnist
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
@@ -50,6 +55,50 @@ def test_bad_data_dirs(tmp_path, monkeypatch, data_dir):
     data.load_split("imagenet", "train", data_dir)
 
 
+def test_relative_data_dir_is_resolved_once_to_an_absolute_path(data_dir, tmp_path,
+                                                                 monkeypatch):
+  elsewhere = tmp_path / "elsewhere" / "deeper"  # where `relative` names no folder
+  elsewhere.mkdir(parents=True)
+  (tmp_path / "here").mkdir()
+  monkeypatch.chdir(tmp_path / "here")
+  relative = os.path.relpath(data_dir)
+  assert not Path(relative).is_absolute()
+  path = data.resolve_data_dir(relative)
+  assert path.is_absolute() and path.samefile(data_dir)
+  monkeypatch.setenv("TFDS_DATA_DIR", relative)
+  assert data.resolve_data_dir(None) == path
+  # Links made to it from a temporary folder, and reads from another directory, still work.
+  linked = tmp_path / "linked"
+  copy_of_mnist(str(path), linked)
+  monkeypatch.chdir(elsewhere)
+  assert len(data.load_split("mnist", "test", path, limit=4)) == 4
+  assert len(data.load_split("mnist", "test", linked, limit=4)) == 4
+
+
+def test_train_reads_a_relative_data_dir_as_one_absolute_path(data_dir, tmp_path, monkeypatch,
+                                                              capsys):
+  elsewhere = tmp_path / "elsewhere" / "deeper"  # where `relative` names no folder
+  elsewhere.mkdir(parents=True)
+  (tmp_path / "here").mkdir()
+  monkeypatch.chdir(tmp_path / "here")
+  relative = os.path.relpath(data_dir)
+  real_load, seen = data.load_split, []
+
+  def load_from_elsewhere(name, split, given, limit=None):
+    monkeypatch.chdir(elsewhere)  # a later read from another directory
+    seen.append((given, len(real_load(name, split, given, limit=limit))))
+    if len(seen) == 2:  # both splits read: stop before training
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr("capsjax.data.load_split", load_from_elsewhere)
+  code = cli.main(["train", "--data-dir", relative, "--workdir", str(tmp_path / "w"),
+                   "--max-steps", "1", "--batch-size", "8", "--train-examples", "16",
+                   "--test-examples", "8", "--no-progress"])
+  assert code == 130, capsys.readouterr().err
+  assert [n for _, n in seen] == [16, 8]
+  assert all(Path(given).is_absolute() and Path(given).samefile(data_dir) for given, _ in seen)
+
+
 def test_batches_are_deterministic_and_cover_each_epoch(mnist_train):
   n, bs = len(mnist_train), 1000
   epoch0 = np.concatenate([data.batch_indices(n, bs, 7, s) for s in range(60)])
@@ -60,17 +109,11 @@ def test_batches_are_deterministic_and_cover_each_epoch(mnist_train):
   np.testing.assert_array_equal(data.batch_indices(n, bs, 7, 0), epoch0[:bs])
   np.testing.assert_array_equal(data.batch_indices(n, bs, 7, 60), epoch1)
   assert not np.array_equal(data.batch_indices(n, bs, 8, 0), epoch0[:bs])  # another seed
-  stream = data.train_batches(mnist_train, bs, seed=7, start_step=59)
-  images, labels = next(stream)
-  np.testing.assert_array_equal(labels, mnist_train.labels[data.batch_indices(n, bs, 7, 59)])
-  np.testing.assert_array_equal(next(stream)[1], mnist_train.labels[epoch1])
+  # The loop's chunk of steps 59 and 60 (split on the device, as `capsjax train` keeps MNIST):
+  # the last batch of epoch 0, then the first of epoch 1.
+  chunk = pipeline.DeviceResident(mnist_train, bs, seed=7, capacity=2).chunk(59, 2)
+  labels = np.asarray(chunk.labels)[np.asarray(chunk.indices)]
+  np.testing.assert_array_equal(labels[0], mnist_train.labels[data.batch_indices(n, bs, 7, 59)])
+  np.testing.assert_array_equal(labels[1], mnist_train.labels[epoch1])
   with pytest.raises(ValueError, match="larger than the dataset"):
     data.steps_per_epoch(10, 11)
-
-
-def test_eval_batches_pad_last_batch(mnist_train):
-  small = data.Split(mnist_train.images[:25], mnist_train.labels[:25], 10)
-  batches = list(data.eval_batches(small, 10))
-  assert [b[0].shape[0] for b in batches] == [10, 10, 10]
-  assert [int(b[2].sum()) for b in batches] == [10, 10, 5]
-  np.testing.assert_array_equal(np.concatenate([b[1][b[2]] for b in batches]), small.labels)

@@ -7,6 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from capsjax import cli, train
 from capsjax.checkpoint import MANIFEST, Checkpointer, _manifest
@@ -36,12 +37,12 @@ def test_eval_restores_the_model_without_the_optimizer_state(trained):
   _, model_state, meta = train.load_for_eval(trained)
   _, full_state, full_meta = train.load_for_eval(trained, with_optimizer=True)
   assert meta["step"] == full_meta["step"] == 4
-  model_leaves = jax.tree.leaves(model_state.to_pure_dict())
-  full_model_leaves = jax.tree.leaves(full_state.to_pure_dict()[0])
+  model_leaves = jax.tree.leaves(nnx.to_pure_dict(model_state))
+  full_model_leaves = jax.tree.leaves(nnx.to_pure_dict(full_state)[0])
   assert len(model_leaves) == len(full_model_leaves) > 5
   for a, b in zip(model_leaves, full_model_leaves):
     np.testing.assert_array_equal(a, b)
-  optimizer_size = sum(x.size for x in jax.tree.leaves(full_state.to_pure_dict()[1]))
+  optimizer_size = sum(x.size for x in jax.tree.leaves(nnx.to_pure_dict(full_state)[1]))
   model_size = sum(x.size for x in model_leaves)
   assert optimizer_size > 2 * model_size - 10  # Adam's two moments: what eval no longer holds
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from capsjax.checkpoint import Checkpointer
 from capsjax.train import load_for_eval
@@ -35,7 +36,7 @@ def _train_args(workdir: Path, max_steps: int = STEPS) -> list[str]:
 def _arrays(workdir: Path, step: int | None = None) -> dict:
   """The checkpoint's (model, optimizer) state as numpy arrays, plus its metadata step."""
   _, state, meta = load_for_eval(workdir, step, with_optimizer=True)
-  return {"step": meta["step"], "state": jax.tree.map(np.asarray, state.to_pure_dict())}
+  return {"step": meta["step"], "state": jax.tree.map(np.asarray, nnx.to_pure_dict(state))}
 
 
 def _assert_bit_identical(a: dict, b: dict) -> None:
@@ -181,7 +182,8 @@ def test_nan_stops_with_step_keeps_last_good_checkpoint_and_resumes(tmp_path, cl
   assert proc.returncode == 1
   lines = [l for l in proc.stderr.splitlines() if not l.startswith(("WARNING", "capsjax fault"))]
   assert lines == [
-      f"capsjax: error: non-finite loss or gradient at step 5 (loss nan); stopped without saving "
+      f"capsjax: error: non-finite loss, gradient or updated parameters at step 5 (mean loss "
+      f"nan); stopped without saving "
       f"it; the last good checkpoint is step 4 in {workdir.absolute() / 'checkpoints'}. Lower the "
       "learning rate or check the data."], proc.stderr
   assert Checkpointer(workdir).all_steps() == [2, 4]

@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from capsjax import losses
+from capsjax import archs, losses
+from capsjax.archs import capsnet as capsnet_arch
+from capsjax.config import TrainConfig
 from conftest import tiny_capsnet
 
 
@@ -28,10 +30,20 @@ def test_reconstruction_loss_is_sum_not_mean():
   np.testing.assert_allclose(losses.reconstruction_loss(recon, images), [1.25, 0.04], rtol=1e-6)
 
 
-def test_total_loss_weight():
-  margin, recon = jnp.array([0.1, 0.3]), jnp.array([100.0, 300.0])
-  np.testing.assert_allclose(losses.total_loss(margin, recon), 0.2 + 0.0005 * 200.0, rtol=1e-6)
-  assert losses.RECONSTRUCTION_WEIGHT == 0.0005
+def test_training_loss_is_margin_plus_weighted_reconstruction():
+  # The loss the loop trains CapsNet with (`Arch.loss(config)`), per example: margin loss +
+  # 0.0005 x reconstruction loss, each as computed by hand from the network's outputs.
+  model = tiny_capsnet()
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (2, 28, 28, 1)), jnp.float32)
+  labels = jnp.array([3, 8])
+  out = archs.get("capsnet").loss(TrainConfig())(model, images, labels, train=True)
+  net = model(images, labels)
+  margin = losses.margin_loss(net.lengths, jax.nn.one_hot(labels, 10))
+  recon = losses.reconstruction_loss(net.reconstructions, images)
+  np.testing.assert_allclose(out.terms["margin_loss"], margin, rtol=1e-6)
+  np.testing.assert_allclose(out.terms["reconstruction_loss"], recon, rtol=1e-6)
+  np.testing.assert_allclose(out.total, margin + 0.0005 * recon, rtol=1e-6)
+  assert losses.RECONSTRUCTION_WEIGHT == 0.0005 == TrainConfig().recon_weight
 
 
 def test_gradient_through_the_model_finite_when_every_capsule_is_zero():
@@ -40,11 +52,8 @@ def test_gradient_through_the_model_finite_when_every_capsule_is_zero():
   model = tiny_capsnet()
   images, labels = jnp.zeros((2, 28, 28, 1)), jnp.array([1, 7])
 
-  def loss(m):
-    out = m(images, labels)
-    margin = losses.margin_loss(out.lengths, jax.nn.one_hot(labels, 10))
-    return jnp.mean(losses.total_loss(margin, losses.reconstruction_loss(out.reconstructions,
-                                                                          images)))
+  def loss(m):  # the training loss (as the loop's step takes it: the batch mean)
+    return jnp.mean(capsnet_arch.loss_fn()(m, images, labels, train=True).total)
 
   @nnx.jit
   def zeros_and_gradients(m):

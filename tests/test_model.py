@@ -8,8 +8,8 @@ from flax import nnx
 import capsjax
 from capsjax import conv
 from capsjax.archs import capsnet as capsnet_arch
-from capsjax.augment import shift_transform
 from conftest import tiny_capsnet
+from real_path import Trainer
 
 
 def test_paper_parameter_counts():
@@ -186,7 +186,7 @@ def test_vote_chunk_size_gives_the_same_network_output_and_gradients():
 
 
 def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
-  from capsjax import steps
+  from capsjax import data, steps
   from capsjax.checkpoint import Checkpointer
 
   def state(seed):
@@ -196,9 +196,9 @@ def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
 
   graphdef, s = state(0)
   before = np.array(s[0]["digits"]["routing_params"]["beta_a"][...])
-  train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
   images = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
-  s, _ = train_step(s, images, np.array([0, 1, 2, 3], np.int32), jax.random.key(0))
+  split = data.Split(images, np.array([0, 1, 2, 3], np.int32), 10)
+  s, _ = Trainer(graphdef, capsnet_arch.loss_fn(0.0005), split, 4, capacity=1)(s, 0, 1)
   after = np.array(s[0]["digits"]["routing_params"]["beta_a"][...])
   assert np.abs(after - before).max() > 0  # the optimizer updates the rule's parameters
   ckpt = Checkpointer(tmp_path)
@@ -211,9 +211,10 @@ def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
 
 
 def test_paper_preset_builds_end_to_end():
-  # Built and traced at its real sizes (batch 128, eval batch 500), not trained.
+  # The loop's programs built and traced at their real sizes (60,000 training images on the
+  # device, K steps of batch 128 per dispatch; eval batches over the 10,000 test images), not run.
+  from capsjax import archs, data, datasets, steps, streams, train
   from capsjax import config as config_lib
-  from capsjax import data, steps, train
 
   config = config_lib.get_preset("paper").validate()
   assert config.total_steps(60_000) == 100 * 468 and config.eval_every == 5 * 468
@@ -223,17 +224,22 @@ def test_paper_preset_builds_end_to_end():
   assert capsjax.count_params(model) == 8_215_568 and model.digits.num_iters == 3
   schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
   np.testing.assert_allclose([schedule(0), schedule(2000)], [1e-3, 0.96e-3], rtol=1e-6)
-  train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(config.recon_weight),
-                                     shift_transform(config.max_shift))
-  images = jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.uint8)
-  labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)
-  new_state, metrics = jax.eval_shape(train_step.jitted, state, images, labels, jax.random.key(0))
+  dataset = datasets.get(config.dataset)
+  loss_fn = dataset.loss(archs.get(config.arch), config)
+  chunk = steps.make_train_chunk(graphdef, loss_fn,
+                                 examples=dataset.examples(config, "train", split))
+  stored = lambda n: (jax.ShapeDtypeStruct((n, 28, 28, 1), jnp.uint8),
+                      jax.ShapeDtypeStruct((n,), jnp.int32))
+  k = config.steps_per_dispatch or config.log_every
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  new_state, result = jax.eval_shape(
+      chunk, state, *stored(60_000), jax.ShapeDtypeStruct((k, config.batch_size), jnp.int32),
+      scalar, scalar, streams.run_keys(config.seed))
   chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
-  assert metrics.loss.shape == () and metrics.finite.shape == ()
-  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(config.recon_weight))
+  assert result.metrics.loss.shape == (k,) and result.metrics.finite.shape == (k,)
+  eval_step = steps.make_eval_step(graphdef, loss_fn, dataset.examples(config, "test", split))
   size = config.eval_batch_size or steps.default_eval_batch_size()  # None: the backend's
-  metrics = jax.eval_shape(eval_step.jitted, state, jax.ShapeDtypeStruct((size, 28, 28, 1),
-                                                                         jnp.uint8),
+  metrics = jax.eval_shape(eval_step, state, *stored(10_000),
                            jax.ShapeDtypeStruct((size,), jnp.int32),
                            jax.ShapeDtypeStruct((size,), jnp.bool_))
   assert metrics.count.shape == () and metrics.finite is None

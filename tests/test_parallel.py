@@ -18,7 +18,7 @@ FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from capsjax import data, parallel, pipeline, steps
+    from capsjax import data, datasets, parallel, pipeline, steps, streams
     from capsjax.archs import capsnet as capsnet_arch
     from capsjax.augment import shift_transform
     from capsjax.config import TrainConfig
@@ -37,11 +37,12 @@ SCRIPT = textwrap.dedent("""
       mesh = parallel.make_mesh(n, config.batch_size)
       graphdef, state = create_state(settings, config)
       state = jax.device_put(state, parallel.replicated(mesh))
-      chunk_fn = steps.make_train_chunk(graphdef, capsnet_arch.loss_fn(), shift_transform(2))
+      chunk_fn = steps.make_train_chunk(graphdef, capsnet_arch.loss_fn(),
+                                        datasets.gather(shift_transform(2)))
       for source_class in (pipeline.DeviceResident, pipeline.HostBatches):
         source = source_class(split, config.batch_size, 0, 4, mesh)
-        state, result = chunk_fn(state, *source.chunk(0, 4), jax.random.key(0))
-        state, result = chunk_fn(state, *source.chunk(4, 3), jax.random.key(0))
+        state, result = chunk_fn(state, *source.chunk(0, 4), streams.run_keys(0))
+        state, result = chunk_fn(state, *source.chunk(4, 3), streams.run_keys(0))
       states[n] = [np.asarray(x) for x in jax.tree.leaves(state)]
       leaf = jax.tree.leaves(state)[0]
       results[f"devices_of_state_{n}"] = len(leaf.sharding.device_set)

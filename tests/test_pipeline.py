@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import data, pipeline, steps
+from capsjax import data, datasets, pipeline, steps, streams
 from capsjax.archs import capsnet as capsnet_arch
 from capsjax.augment import shift_transform
 from capsjax.checkpoint import NonFiniteError
 from capsjax.config import TrainConfig
 from capsjax.train import train
 from conftest import run_cli, tiny_capsnet
+from real_path import Trainer
 
 BATCH, N = 8, 64
 LOSS = capsnet_arch.loss_fn(0.0005)
+SHIFTED = datasets.gather(shift_transform(2))  # the loop's MNIST training examples
+KEYS = streams.run_keys(0)
 TINY_MODEL = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
                   decoder_hidden=[32, 64])
 
@@ -60,21 +63,19 @@ def test_chunk_indices_are_the_per_step_batches():
 
 @pytest.mark.parametrize("source_class", [pipeline.DeviceResident, pipeline.HostBatches])
 def test_chunk_matches_one_dispatch_per_step(source_class):
-  """K steps in one compiled loop = the same K steps dispatched one by one (same batches and
-  keys); measured: equal to float32 rounding (the loop body compiles apart from the step)."""
-  split, base_key = _split(), jax.random.key(7)
+  """K steps in one compiled loop = the same K steps dispatched one by one (steps_per_dispatch
+  1: same batches and keys); measured: equal to float32 rounding (two compiled programs)."""
+  split = _split()
   graphdef, state = _state()
-  step_fn = steps.make_train_step(graphdef, LOSS, shift_transform(2))
+  one_step = Trainer(graphdef, LOSS, split, BATCH, examples=SHIFTED, capacity=1)
   reference, losses = state, []
   for s in range(2, 7):
-    idx = data.batch_indices(N, BATCH, 0, s)
-    reference, m = step_fn(reference, split.images[idx], split.labels[idx],
-                           jax.random.fold_in(base_key, s))
-    losses.append(float(m.loss))
+    reference, r = one_step(reference, s, 1)
+    losses.append(float(r.metrics.loss[0]))
   _, state = _state()
-  chunk_fn = steps.make_train_chunk(graphdef, LOSS, shift_transform(2))
+  chunk_fn = steps.make_train_chunk(graphdef, LOSS, examples=SHIFTED)
   source = source_class(split, BATCH, seed=0, capacity=8)
-  state, result = chunk_fn(state, *source.chunk(2, 5), base_key)
+  state, result = chunk_fn(state, *source.chunk(2, 5), KEYS)
   assert int(result.steps_run) == 5 and int(result.bad_step) == 0
   np.testing.assert_allclose(result.metrics.loss[:5], losses, rtol=1e-5)
   assert not np.asarray(result.metrics.count[5:]).any()  # rows past num_steps stay empty
@@ -82,13 +83,13 @@ def test_chunk_matches_one_dispatch_per_step(source_class):
 
 
 def test_device_and_host_sources_give_identical_chunks():
-  split, base_key = _split(), jax.random.key(0)
+  split = _split()
   graphdef, state = _state()
-  chunk_fn = steps.make_train_chunk(graphdef, LOSS, shift_transform(2))
+  chunk_fn = steps.make_train_chunk(graphdef, LOSS, examples=SHIFTED)
   results = []
   for source_class in (pipeline.DeviceResident, pipeline.HostBatches):
     _, state = _state()
-    state, result = chunk_fn(state, *source_class(split, BATCH, 0, 4).chunk(6, 4), base_key)
+    state, result = chunk_fn(state, *source_class(split, BATCH, 0, 4).chunk(6, 4), KEYS)
     results.append((state, result.metrics))
   _assert_same(results[0], results[1])  # exactly: the same program on the same batches
 
@@ -96,23 +97,23 @@ def test_device_and_host_sources_give_identical_chunks():
 def test_no_host_to_device_copy_inside_a_chunk():
   """The chunk's arguments are device arrays (explicit `device_put` when it is prepared), so it
   runs under `jax.transfer_guard("disallow")`; a host array would have been copied implicitly."""
-  split, base_key = _split(), jax.random.key(0)
+  split, base_keys = _split(), jax.device_put(KEYS)
   graphdef, state = _state()
-  chunk_fn = steps.make_train_chunk(graphdef, LOSS, shift_transform(2))
+  chunk_fn = steps.make_train_chunk(graphdef, LOSS, examples=SHIFTED)
   chunk = pipeline.DeviceResident(split, BATCH, 0, 4).chunk(0, 4)
   with jax.transfer_guard("disallow"):
-    state, result = chunk_fn(state, *chunk, base_key)
+    state, result = chunk_fn(state, *chunk, base_keys)
     jax.block_until_ready(result)
   assert int(result.steps_run) == 4
   host_indices = chunk._replace(indices=np.asarray(chunk.indices))
   with jax.transfer_guard("disallow"), pytest.raises(Exception, match="[Dd]isallowed"):
-    chunk_fn(state, *host_indices, base_key)
+    chunk_fn(state, *host_indices, base_keys)
 
 
 def test_non_finite_step_leaves_the_last_good_state_and_ends_the_chunk():
   """Global step 5 (the third of the chunk) has a NaN loss: steps 3 and 4 are applied, step 5
   is not, nothing after it runs; bad_step names it and its loss row holds the NaN."""
-  split, base_key = _split(), jax.random.key(0)
+  split = _split()
   poisoned_step = 5
 
   graphdef, state = _state()
@@ -125,15 +126,11 @@ def test_non_finite_step_leaves_the_last_good_state_and_ends_the_chunk():
     marked = jnp.all(jnp.round(images[0] * 255) == split.images[target])
     return out._replace(total=out.total + jnp.where(marked, jnp.nan, 0.0))
 
-  chunk_fn = steps.make_train_chunk(graphdef, loss_fn, shift_transform(0))
-  step_fn = steps.make_train_step(graphdef, loss_fn, shift_transform(0))
-  _, reference = _state()
-  for s in (2, 3):
-    idx = data.batch_indices(N, BATCH, 0, s)
-    reference, m = step_fn(reference, split.images[idx], split.labels[idx],
-                           jax.random.fold_in(base_key, s))
-    assert float(m.finite) == 1.0
-  state, result = chunk_fn(state, *source.chunk(2, 5), base_key)
+  chunk_fn = steps.make_train_chunk(graphdef, loss_fn, examples=datasets.gather())
+  _, reference = _state()  # steps 3 and 4 alone, in a chunk that ends before the bad one
+  reference, r = chunk_fn(reference, *source.chunk(2, 2), KEYS)
+  assert int(r.steps_run) == 2 and (np.asarray(r.metrics.finite[:2]) == 1.0).all()
+  state, result = chunk_fn(state, *source.chunk(2, 5), KEYS)
   assert int(result.bad_step) == poisoned_step and int(result.steps_run) == 2
   assert np.isnan(result.metrics.loss[2]) and not np.asarray(result.metrics.count[3:]).any()
   _assert_same(state, reference, rtol=1e-5, atol=1e-6)

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import archs, steps
-from capsjax.archs import capsnet as capsnet_arch
-from capsjax.augment import shift_transform
+from capsjax import archs, data, datasets
 from capsjax.config import TrainConfig
 from capsjax.train import create_state
 from conftest import run_cli, tiny_capsnet
+from real_path import Trainer
 
 SETTINGS = {"arch": "capsnet", "input_shape": [28, 28, 1], "num_classes": 10,
             "conv_channels": 16, "primary_channels": 4, "primary_dim": 4, "digit_dim": 6,
@@ -62,16 +61,17 @@ def test_bf16_network_computes_matmuls_in_bf16_and_returns_float32():
 def test_bf16_training_keeps_parameters_and_optimizer_state_float32():
   config = TrainConfig(max_steps=1, precision="bf16")
   graphdef, state = create_state(SETTINGS, config)
-  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(), shift_transform(2))
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
-  labels = rng.integers(0, 10, 8).astype(np.int32)
-  for i in range(3):
-    state, metrics = step(state, images, labels, jax.random.key(i))
-    assert float(metrics.finite) == 1.0
+  split = data.Split(rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
+                     rng.integers(0, 10, 8).astype(np.int32), 10)
+  mnist = datasets.get("mnist")
+  trainer = Trainer(graphdef, mnist.loss(archs.get("capsnet"), config), split, 8,
+                    examples=mnist.examples(config, "train", split), capacity=3)
+  state, result = trainer(state, 0, 3)
+  assert result.steps_run == 3 and (result.metrics.finite == 1.0).all()
   floats = {str(x.dtype) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)}
   assert floats == {"float32"}
-  assert metrics.loss.dtype == jnp.float32
+  assert result.metrics.loss.dtype == np.float32
 
 
 def test_baseline_in_bf16():

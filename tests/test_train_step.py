@@ -1,4 +1,6 @@
-"""Train/eval steps, optimizer schedule and Orbax checkpoints on a tiny CapsNet."""
+"""Training and evaluation through the programs `capsjax train` and `capsjax eval` run (the
+loop's K-step chunk, `train.evaluate_indexed`; see real_path.py), the optimizer schedule and Orbax
+checkpoints, on a tiny CapsNet."""
 
 import jax
 import jax.numpy as jnp
@@ -7,12 +9,16 @@ import pytest
 from flax import nnx
 from jax.experimental import checkify
 
-from capsjax import augment, routing, steps
+from capsjax import augment, data, datasets, routing, steps
 from capsjax.routing import registry
 from capsjax.checkpoint import Checkpointer
 from capsjax.archs import capsnet as capsnet_arch
 from capsjax.augment import shift_transform
+from capsjax.config import TrainConfig
 from conftest import tiny_capsnet
+from real_path import Trainer, evaluate
+
+LOSS = capsnet_arch.loss_fn(0.0005)
 
 
 def _state(seed=0):
@@ -21,41 +27,40 @@ def _state(seed=0):
   return nnx.split((model, optimizer))
 
 
-def _batch(n=16):
+def _split(n=16) -> data.Split:
   """Noisy uint8 images whose class is where a bright bar sits, so they can be learnt."""
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 10, (n,), dtype=np.int32)
   images = rng.integers(0, 60, (n, 28, 28, 1), dtype=np.uint8)
   for k, label in enumerate(labels):
     images[k, 2 + 2 * label:4 + 2 * label, 4:24] = 255
-  return images, labels
+  return data.Split(images, labels, 10)
 
 
-def test_train_step_lowers_loss_on_fixed_batch():
+def test_training_lowers_the_loss_on_a_fixed_batch():
   graphdef, state = _state()
-  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
-  images, labels = _batch()
-  losses = []
-  for i in range(20):
-    state, m = step(state, images, labels, jax.random.key(i))
-    losses.append(float(m.loss) / float(m.count))
-    assert float(m.finite) == 1.0
-  assert all(np.isfinite(losses))
+  trainer = Trainer(graphdef, LOSS, _split(), 16, capacity=20)  # every step: the whole split
+  state, result = trainer(state, 0, 20)
+  assert result.steps_run == 20 and result.bad_step == 0
+  assert (result.metrics.finite == 1.0).all()
+  losses = result.metrics.loss / result.metrics.count
+  assert np.isfinite(losses).all()
   assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_eval_step_ignores_padding():
+def test_evaluation_pads_the_last_batch_and_ignores_the_padding():
   graphdef, state = _state()
-  ev = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
-  images, labels = _batch(8)
-  full = ev(state, images, labels, np.ones(8, bool))
-  padded_images = np.concatenate([images[:5], np.zeros_like(images[:3])])
-  half = ev(state, padded_images, labels, np.arange(8) < 5)
-  first5 = ev(state, images[:5], labels[:5], np.ones(5, bool))
-  assert int(full.count) == 8 and int(half.count) == 5
-  assert full.finite is None  # the finiteness flag is the train step's only
-  np.testing.assert_allclose(half.loss, first5.loss, rtol=1e-5)
-  np.testing.assert_allclose(half.correct, first5.correct)
+  split = _split(25)
+  whole = evaluate(graphdef, state, LOSS, split, 25)
+  padded = evaluate(graphdef, state, LOSS, split, 10)  # batches of 10, 10 and 5 + 5 padding
+  assert whole["examples"] == padded["examples"] == 25
+  assert padded == pytest.approx(whole, rel=1e-5)  # every example counted once, padding never
+  first5 = evaluate(graphdef, state, LOSS, split, 5, indices=range(5))
+  first5_of_8 = evaluate(graphdef, state, LOSS, split, 8, indices=range(5))
+  assert first5_of_8["examples"] == 5 and first5_of_8 == pytest.approx(first5, rel=1e-5)
+  eval_step = steps.make_eval_step(graphdef, LOSS, datasets.gather())
+  metrics = eval_step(state, split.images, split.labels, np.arange(8), np.ones(8, bool))
+  assert metrics.finite is None  # the finiteness flag is the train step's only
 
 
 def test_schedule_is_staircase_exponential_decay():
@@ -96,31 +101,38 @@ def _copy(state):
   return jax.tree.map(jnp.array, state)
 
 
-def test_train_step_trains_on_randomly_shifted_images():
-  # The step with max_shift = 2 is the step without shift on random_shift_batch(key, images).
+def test_training_on_mnist_trains_on_randomly_shifted_images():
+  # The loop's MNIST examples with max_shift = 2 are the stored rows moved by
+  # random_shift_batch(the step's data key, rows); with max_shift = 0, the rows themselves.
   graphdef, state = _state()
-  images, labels = _batch(8)
-  key = jax.random.key(5)
-  shifting = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(2))
-  plain = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
-  shifted = augment.random_shift_batch(key, steps.to_float(images), 2)
-  a, metrics_a = shifting(_copy(state), images, labels, key)
-  b, metrics_b = plain(_copy(state), shifted, labels, key)
-  c, metrics_c = plain(_copy(state), steps.to_float(images), labels, key)
+  split = _split(8)
+  mnist = datasets.get("mnist")
+
+  def shifted_rows(key, images, labels, index):
+    x, y = datasets.gather()(None, images, labels, index)
+    return augment.random_shift_batch(key, x, 2), y
+
+  shifting = mnist.examples(TrainConfig(max_shift=2), "train", split)
+  (a, result_a), (b, result_b) = [
+      Trainer(graphdef, LOSS, split, 8, examples=examples, capacity=2)(_copy(state), 0, 2)
+      for examples in (shifting, shifted_rows)]
   # Equal up to float rounding (two compiled programs); Adam moves each weight by ~3e-3.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
-               a.to_pure_dict(), b.to_pure_dict())
-  np.testing.assert_allclose(metrics_a.loss, metrics_b.loss, rtol=1e-6)
-  assert abs(float(metrics_a.loss) - float(metrics_c.loss)) > 1e-3 * float(metrics_c.loss)
+               nnx.to_pure_dict(a), nnx.to_pure_dict(b))
+  np.testing.assert_allclose(result_a.metrics.loss, result_b.metrics.loss, rtol=1e-6)
+  index, key = np.arange(8), jax.random.key(5)
+  rows = datasets.gather()(None, split.images, split.labels, index)[0]
+  assert not np.array_equal(shifting(key, split.images, split.labels, index)[0], rows)
+  still = mnist.examples(TrainConfig(max_shift=0), "train", split)
+  np.testing.assert_array_equal(still(key, split.images, split.labels, index)[0], rows)
 
 
 def test_checkpoint_round_trip(tmp_path):
   graphdef, state = _state(seed=0)
-  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(2))
-  images, labels = _batch()
-  for i in range(2):
-    state, _ = step(state, images, labels, jax.random.key(i))
-  expected = jax.tree.map(np.array, state.to_pure_dict())
+  trainer = Trainer(graphdef, LOSS, _split(), 8, examples=datasets.gather(shift_transform(2)),
+                    capacity=2)
+  state, _ = trainer(state, 0, 2)
+  expected = jax.tree.map(np.array, nnx.to_pure_dict(state))
   ckpt = Checkpointer(tmp_path, keep=2)
   ckpt.save(2, state, {"seed": 0, "model": {"routing_iters": 3}})
   ckpt.close()
@@ -130,12 +142,12 @@ def test_checkpoint_round_trip(tmp_path):
   assert ckpt.latest_step() == 2
   restored, meta = ckpt.restore(fresh)
   assert meta["step"] == 2 and meta["model"]["routing_iters"] == 3
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, restored.to_pure_dict()),
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, nnx.to_pure_dict(restored)),
                expected)
   # Resuming from the restore continues exactly like the uninterrupted state.
-  a, _ = step(jax.tree.map(jnp.array, restored), images, labels, jax.random.key(9))
-  b, _ = step(jax.tree.map(jnp.array, state), images, labels, jax.random.key(9))
-  jax.tree.map(np.testing.assert_array_equal, a.to_pure_dict(), b.to_pure_dict())
+  a, _ = trainer(jax.tree.map(jnp.array, restored), 2, 1)
+  b, _ = trainer(jax.tree.map(jnp.array, state), 2, 1)
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(a), nnx.to_pure_dict(b))
 
 
 def test_checkpoint_keeps_last_n(tmp_path):
@@ -151,22 +163,22 @@ def _differs(a, b) -> bool:
 
 
 def test_training_is_deterministic_given_seed():
-  images, labels = _batch()
   graphdef, _ = _state()
   # one compilation
-  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(2))
+  trainer = Trainer(graphdef, LOSS, _split(), 8, examples=datasets.gather(shift_transform(2)),
+                    capacity=3)
 
-  def train(seed: int, key_seed: int):
-    """Parameters after 3 steps from init seed `seed`, with step keys from `key_seed`."""
+  def train(seed: int, run_seed: int):
+    """Parameters after 3 steps from init seed `seed`, with the batches and step keys of
+    `run_seed`."""
     _, state = _state(seed=seed)
-    for i in range(3):
-      state, _ = step(state, images, labels, jax.random.fold_in(jax.random.key(key_seed), i))
-    return jax.tree.map(np.array, state.to_pure_dict())
+    state, _ = trainer.reseeded(run_seed)(state, 0, 3)
+    return jax.tree.map(np.array, nnx.to_pure_dict(state))
 
   first = train(3, 3)
   jax.tree.map(np.testing.assert_array_equal, first, train(3, 3))
   assert _differs(first, train(4, 3))  # another init seed: other parameters
-  assert _differs(first, train(3, 4))  # same init, other step keys: other shifts, other result
+  assert _differs(first, train(3, 4))  # same init, other run seed: other batches and shifts
 
 
 def test_non_finite_gradient_with_finite_loss_is_flagged(monkeypatch):
@@ -185,23 +197,19 @@ def test_non_finite_gradient_with_finite_loss_is_flagged(monkeypatch):
   model = tiny_capsnet(routing="nan_gradient")
   graphdef, state = nnx.split((model, nnx.Optimizer(model, steps.make_optimizer(1e-3, 0.96, 10),
                                                     wrt=nnx.Param)))
-  step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
-  images, labels = _batch(4)
-  _, metrics = step(state, images, labels, jax.random.key(0))
-  assert np.isfinite(float(metrics.loss)) and float(metrics.finite) == 0.0
+  _, result = Trainer(graphdef, LOSS, _split(4), 4, capacity=1)(state, 0, 1)
+  assert result.bad_step == 1 and result.steps_run == 0  # flagged, not applied
+  assert np.isfinite(result.metrics.loss[0]) and result.metrics.finite[0] == 0.0
 
 
-def test_jitted_steps_reject_labels_out_of_range():
-  graphdef, state = _state()
-  images, _ = _batch(4)
-  train_step = steps.make_train_step(graphdef, capsnet_arch.loss_fn(0.0005), shift_transform(0))
-  eval_step = steps.make_eval_step(graphdef, capsnet_arch.loss_fn(0.0005))
+def test_the_splits_the_programs_read_reject_labels_out_of_range():
+  # The loop's and eval's compiled programs cannot raise on device values: their labels come from
+  # a `data.Split` (the stored training or test split), checked when it is built.
+  images = _split(4).images
   for bad in (np.array([0, 1, 10, 2], np.int32), jnp.array([-1, 0, 1, 2])):
     with pytest.raises(ValueError, match=r"^labels must lie in \[0, 9\], got values from -?\d+ "
                        r"to \d+\.$"):
-      train_step(state, images, bad, jax.random.key(0))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\]"):
-      eval_step(state, images, bad, np.ones(4, bool))
+      data.Split(images, bad, 10)
 
 
 def test_capsnet_under_checkify_reports_labels_out_of_range():

@@ -122,7 +122,7 @@ def test_eval_while_train_writes_reads_the_newest_complete_checkpoint(tmp_path, 
                env=cli_env)  # no lock needed, and none taken
   assert ev.returncode == 0, ev.stderr
   result = json.loads(ev.stdout.strip().splitlines()[-1])
-  assert result["step"] == 2 and result["test_examples"] == 10_000
+  assert result["step"] == 2 and result["test_examples"] == 16  # the run's --test-examples
   go_on.touch()
   _, err = train.communicate(timeout=120)
   assert train.returncode == 0, err

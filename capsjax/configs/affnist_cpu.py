@@ -17,6 +17,7 @@ from capsjax.configs import affnist
 
 
 def get_config():
-  return dataclasses.replace(affnist.get_config(), batch_size=32, epochs=None, max_steps=800,
+  return dataclasses.replace(affnist.get_config(), batch_size=32, epochs=None,
+                             decay_staircase=True, min_learning_rate=0.0, max_steps=800,
                              decay_rate=0.9, decay_steps=60, log_every=20, eval_every=0,
                              checkpoint_every=200)

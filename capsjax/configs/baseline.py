@@ -4,9 +4,9 @@
 
 Three 5x5 convolutions (256, 256, 128 channels, SAME), fully connected 328 and 192, dropout 0.5,
 softmax cross-entropy: 35,445,522 parameters. Same data, random shifts of up to 2 px, Adam and
-staircase decay as `paper`; the paper gives no schedule of its own for the baseline. On a CPU,
-`--config quick --arch baseline` runs the short schedule (about 10x slower per step than CapsNet:
-its convolutions cost ~3.5 GFLOP per 28x28 image against CapsNet's ~0.4).
+the official continuous decay as `paper`; the paper gives no schedule of its own for the
+baseline. On a CPU, `--config quick --arch baseline` runs the short schedule (about 10x slower
+per step than CapsNet: its convolutions cost ~3.5 GFLOP per 28x28 image against CapsNet's ~0.4).
 """
 
 import dataclasses

@@ -16,5 +16,6 @@ from capsjax.configs import multimnist
 
 def get_config():
   return dataclasses.replace(multimnist.get_config(), batch_size=32, epochs=None,
+                             decay_staircase=True, min_learning_rate=0.0,
                              max_steps=1000, decay_rate=0.9, decay_steps=75, log_every=20,
                              checkpoint_every=250, test_examples=10_000)

@@ -3,8 +3,9 @@
     capsjax train --config quick --data-dir ../shared/tensorflow_datasets --workdir runs/quick
 
 The paper's network, losses and augmentation, unchanged; only the schedule is shortened: batch 32
-for 2,000 steps (1.07 epochs) with the learning rate decayed x0.9 every 150 steps instead of x0.96
-every 2,000, so that it has annealed (to 0.25e-3) by the end of the short run.
+for 2,000 steps (1.07 epochs) with the learning rate decayed x0.9 every 150 steps (staircase, our
+choice; the official code decays x0.96 per 2,000 continuously), so that it has annealed (to
+0.25e-3) by the end of the short run.
 """
 
 from capsjax.config import TrainConfig

@@ -11,7 +11,8 @@ as (rotation + 20) // 5) agrees with the rotation range only. Change `RANGES` if
 otherwise.
 
 The affNIST-style set: example i is test digit i // 32 under a transformation drawn from
-fold_in(key(TEST_SEED), i), so it is the same set in every run and process (320,000 examples
+fold_in(streams.eval_stream("affnist_style"), i) (`capsjax.streams`: the fixed test seed's
+stream of this set), so it is the same set in every run and process (320,000 examples
 like the real test set; `--test-examples 10000` takes one transformation of each digit).
 """
 
@@ -22,13 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from capsjax import data
+from capsjax import data, streams
 from capsjax.datasets.base import Dataset, gather
-from capsjax.datasets.mnist import loss
+from capsjax.datasets.mnist import load_mnist, loss
 
 CANVAS = 40
 PER_DIGIT = 32
-TEST_SEED = 0
 # (low, high) of each parameter, drawn uniformly (see the module docstring: not confirmed).
 RANGES = {"rotation_deg": (-20.0, 20.0), "shear": (-0.2, 0.2), "scale_x": (0.8, 1.2),
           "scale_y": (0.8, 1.2)}
@@ -88,14 +88,10 @@ def warp(key: jax.Array, digit: jnp.ndarray, canvas: int = CANVAS) -> Warp:
   return Warp(jnp.clip(image, 0.0, 1.0), rotation, shear, scale, translation)
 
 
-def _load_mnist_test(split: str, data_dir, limit: int | None) -> data.Split:
-  return data.load_split("mnist", split, data_dir, limit=limit)
-
-
 def style_examples(config, split: str, stored: data.Split):
   del config, split, stored
   rows = gather()
-  seed_key = jax.random.key(TEST_SEED)
+  seed_key = streams.eval_stream("affnist_style")
 
   def fn(key, images, labels, index):
     del key
@@ -176,7 +172,7 @@ def _load_affnist(split: str, data_dir, limit: int | None) -> data.Split:
 AFFNIST_STYLE = Dataset(
     name="affnist_style", description="affNIST-style test set: the 10,000 MNIST test digits "
     "under 32 random affine transformations each on 40x40, built on the fly (ranges: "
-    "capsjax/datasets/affnist.py)", splits=("test",), load=_load_mnist_test,
+    "capsjax/datasets/affnist.py)", splits=("test",), load=load_mnist,
     size=lambda split, stored: PER_DIGIT * len(stored), examples=style_examples, loss=loss,
     host_batches=False)
 AFFNIST = Dataset(

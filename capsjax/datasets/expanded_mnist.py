@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from capsjax import data, multimnist
 from capsjax.datasets.base import Dataset, gather
-from capsjax.datasets.mnist import loss
+from capsjax.datasets.mnist import load_mnist, loss
 
 CANVAS = 40
 MAX_SHIFT = (CANVAS - 28) // 2  # 6
@@ -30,10 +30,6 @@ def translate(key: jax.Array | None, images: jnp.ndarray, canvas: int = CANVAS,
   return placed, shifts
 
 
-def load(split: str, data_dir, limit: int | None) -> data.Split:
-  return data.load_split("mnist", split, data_dir, limit=limit)
-
-
 def examples(config, split: str, stored: data.Split):
   del config, stored
   rows = gather()
@@ -47,5 +43,5 @@ def examples(config, split: str, stored: data.Split):
 
 EXPANDED_MNIST = Dataset(
     name="expanded_mnist", description="expanded MNIST (§5.2): MNIST on 40x40, shifted by up to "
-    "6 px when training, centred for testing", splits=("train", "test"), load=load,
+    "6 px when training, centred for testing", splits=("train", "test"), load=load_mnist,
     size=lambda split, stored: len(stored), examples=examples, loss=loss)

@@ -4,11 +4,19 @@ from capsjax import augment, data
 from capsjax.datasets.base import Dataset, gather
 
 
-def _load(name: str):
+def tfds_loader(name: str):
+  """The `Dataset.load` of TFDS dataset `name`: `data.load_split(name, split, data_dir, limit)`,
+  the stored split (its first `limit` examples) in memory."""
+
   def load(split: str, data_dir, limit: int | None) -> data.Split:
     return data.load_split(name, split, data_dir, limit=limit)
 
   return load
+
+
+# The stored MNIST digits: what every MNIST-built set (expanded MNIST, MultiMNIST, affNIST-style)
+# loads and builds its examples from.
+load_mnist = tfds_loader("mnist")
 
 
 def examples(config, split: str, stored: data.Split):
@@ -26,8 +34,8 @@ def _size(split: str, stored: data.Split) -> int:
 
 
 MNIST = Dataset(name="mnist", description="MNIST, 28x28 (TFDS mnist), shifted by up to "
-                "max_shift px when training", splits=("train", "test"), load=_load("mnist"),
+                "max_shift px when training", splits=("train", "test"), load=load_mnist,
                 size=_size, examples=examples, loss=loss)
 FASHION_MNIST = Dataset(name="fashion_mnist", description="Fashion-MNIST, 28x28 (TFDS "
                         "fashion_mnist), shifted like MNIST", splits=("train", "test"),
-                        load=_load("fashion_mnist"), size=_size, examples=examples, loss=loss)
+                        load=tfds_loader("fashion_mnist"), size=_size, examples=examples, loss=loss)

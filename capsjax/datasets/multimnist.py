@@ -1,25 +1,23 @@
 """MultiMNIST (§6) as a dataset: pairs of overlapping MNIST digits built on the fly.
 
-The generator is `capsjax.multimnist` (36x36 canvas, shifts up to 4 px, partner of another
-class from the same split, min(a + b, 1), 1,000 pairs per stored digit: 60M training and 10M
-test examples). Each pair is a pure function of (key, example index): training pairs of the
-run's seed, test pairs of the fixed TEST_SEED, so every run is evaluated on the same pairs.
+The generator is `capsjax.multimnist`, with the official generator's construction rules but its
+own random numbers (its module docstring lists what matches and what differs): 36x36 canvas,
+1,000 pairs per stored digit (60M training and 10M test examples), each digit's one placement
+shifted up to 4 px in all of its pairs, partners of other classes from the same split, distinct
+for one digit and each shifted on its own, merged as min(a + b, 1). Each pair is a pure
+function of (key, example index): training pairs of the run's seed (stream
+"multimnist/train"), test pairs of the fixed `streams.TEST_SEED` (stream "multimnist/test"),
+so every run is evaluated on the same pairs (`capsjax.streams`).
 Only CapsNet trains on it: the loss needs a capsule per class and the shared decoder.
 """
 
 import jax
 import jax.numpy as jnp
 
-from capsjax import data, losses, multimnist
+from capsjax import data, losses, multimnist, streams
 from capsjax.archs.base import Losses
 from capsjax.datasets.base import Dataset
-
-TEST_SEED = 0
-_TRAIN_SALT = 0x4D4D  # keeps the training pairs apart from the test pairs of seed 0
-
-
-def load(split: str, data_dir, limit: int | None) -> data.Split:
-  return data.load_split("mnist", split, data_dir, limit=limit)
+from capsjax.datasets.mnist import load_mnist
 
 
 def size(split: str, stored: data.Split) -> int:
@@ -27,10 +25,11 @@ def size(split: str, stored: data.Split) -> int:
 
 
 def pair_key(seed: int, split: str) -> jax.Array:
-  """The key of a split's pairs: the run's seed for training, TEST_SEED for the test set."""
+  """The key of a split's pairs (`capsjax.streams`): stream "multimnist/train" of the run's seed
+  for training, the fixed test stream "multimnist/test" for the test set."""
   if split == "train":
-    return jax.random.fold_in(jax.random.key(seed), _TRAIN_SALT)
-  return jax.random.key(TEST_SEED)
+    return streams.stream(seed, "multimnist/train")
+  return streams.eval_stream("multimnist")
 
 
 def examples(config, split: str, stored: data.Split):
@@ -78,5 +77,5 @@ def loss(arch, config):
 
 MULTIMNIST = Dataset(name="multimnist", description="MultiMNIST (§6): two overlapping MNIST "
                      "digits on 36x36, 60M train / 10M test pairs built on the fly",
-                     splits=("train", "test"), load=load, size=size, examples=examples,
+                     splits=("train", "test"), load=load_mnist, size=size, examples=examples,
                      loss=loss, host_batches=False)

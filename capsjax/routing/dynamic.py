@@ -1,5 +1,7 @@
 """Dynamic routing by agreement (Sabour, Frosst & Hinton 2017, Procedure 1, Eqs. 2-3)."""
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -24,7 +26,9 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
   """Procedure 1 for one example.
 
   b = 0; repeat num_iters times: c = softmax_j(b) (Eq. 3); s_j = sum_i c_ij u_hat_j|i (Eq. 2);
-  v_j = squash(s_j) (Eq. 1); b_ij += u_hat_j|i . v_j (skipped after the last iteration).
+  v_j = squash(s_j) (Eq. 1); b_ij += u_hat_j|i . v_j. Procedure 1 does this update in every
+  iteration, the last included; here it is skipped after the last one, our choice with the same
+  outputs: v and the returned c are computed before it and nothing reads b afterwards.
 
   Args:
     u_hat: [N_in, N_out, D_out] prediction vectors ("votes") u_hat_j|i = W_ij u_i.
@@ -61,7 +65,7 @@ def check_vote_chunking(routing: str, vote_chunk_size: int | None) -> None:
 
 def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, *,
                             chunk_size: int = 64, stop_gradient: bool = False,
-                            leaky: bool = False) -> RoutingResult:
+                            leaky: bool = False, dtype: Any = None) -> RoutingResult:
   """`dynamic_routing` of the votes u_hat_j|i = W_ij u_i (Eq. 2), never holding all of them.
 
   The votes of `chunk_size` input capsules at a time are recomputed from W and u inside every
@@ -76,6 +80,8 @@ def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, 
     num_iters, stop_gradient, leaky: as in `dynamic_routing`.
     chunk_size: input capsules per chunk (N_in is zero-padded to a multiple of it; zero inputs
       give zero votes, which add nothing to s_j).
+    dtype: the votes' matmul dtype (e.g. bfloat16, as `DigitCaps(dtype=...)` without chunking;
+      None: u's); the votes, the routing and v are in u's dtype.
 
   Returns:
     RoutingResult(v [N_out, D_out], c [N_in, N_out]).
@@ -90,9 +96,10 @@ def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, 
   chunk_size = min(chunk_size, n_in)
   pad = -n_in % chunk_size
   num_chunks = (n_in + pad) // chunk_size
-  u_chunks = jnp.pad(u, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, -1)
+  matmul = dtype or u.dtype
+  u_chunks = jnp.pad(u, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, -1).astype(matmul)
   w_chunks = jnp.pad(W, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(
-      num_chunks, chunk_size, *W.shape[1:])
+      num_chunks, chunk_size, *W.shape[1:]).astype(matmul)
   b = jnp.zeros((num_chunks, chunk_size, n_out), u.dtype)
   v = jnp.zeros((n_out, dim), u.dtype)
   for it in range(num_iters):
@@ -101,7 +108,7 @@ def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, 
     def chunk_step(carry, chunk, first=(it == 0)):
       s, v_prev = carry
       w_k, u_k, b_k = chunk
-      u_hat = jnp.einsum("ijdk,ik->ijd", w_k, u_k)
+      u_hat = jnp.einsum("ijdk,ik->ijd", w_k, u_k).astype(u.dtype)
       if not first:  # the agreement update that ends the previous iteration
         agreement = jnp.einsum("ijd,jd->ij", u_hat, v_prev)
         b_k = b_k + (jax.lax.stop_gradient(agreement) if stop_gradient else agreement)

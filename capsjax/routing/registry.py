@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 
+from capsjax.errors import one_line
 from capsjax.kinds import kind_name, same_kind
 from capsjax.routing.base import ParamInit, RoutingRule
 
@@ -316,4 +317,4 @@ def _first_line(doc: str | None) -> str:
 
 
 def _exception_line(e: BaseException) -> str:
-  return f"{type(e).__name__}: {' '.join(str(e).split())}"
+  return f"{type(e).__name__}: {one_line(e)}"
