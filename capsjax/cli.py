@@ -270,6 +270,7 @@ def _predict(args) -> int:
   import numpy as np
 
   from capsjax import api, images
+  from capsjax.inputs import to_float
 
   model = api.load(args.workdir, args.step)
   out_dir = None
@@ -295,7 +296,7 @@ def _predict(args) -> int:
               "step": model.step}
     if out_dir is not None:
       stem = Path(name).stem
-      images.write_image(out_dir / f"{stem}.input.png", image / 255.0)
+      images.write_image(out_dir / f"{stem}.input.png", to_float(image))
       images.write_image(out_dir / f"{stem}.reconstruction.png", pred.reconstructions[0])
       record["reconstruction"] = str(out_dir / f"{stem}.reconstruction.png")
     print(json.dumps(record), flush=True)

@@ -84,7 +84,9 @@ class CapsNet(nnx.Module):
   bias; DigitCaps s_j + b_j before the squash in every routing iteration; truncated-normal
   weights (stddev 0.05 for Conv1, 0.1 elsewhere) and every bias 0.1; and (in the loss,
   `capsjax.archs.capsnet`) the margin loss halved and averaged over the classes. Needs routing
-  "dynamic" and no vote chunking.
+  "dynamic" and no vote chunking. The official learning-rate schedule (continuous decay, floor
+  1e-6) is a training setting, not part of the variant: `TrainConfig(decay_staircase=False,
+  min_learning_rate=1e-6)`, as the `paper` preset sets it.
 
   `dtype=jnp.bfloat16` runs the convolutions, the votes' matmul and the decoder's matmuls in
   bfloat16 (mixed precision); parameters, the routing (its softmax), the squash and the outputs

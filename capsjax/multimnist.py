@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from capsjax.inputs import to_float
+
 CANVAS = 36
 MAX_SHIFT = 4
 PAIRS_PER_IMAGE = 1000
@@ -178,8 +180,7 @@ def pairing(labels: np.ndarray, num_classes: int = 10, pairs_per_image: int = PA
     sources = jnp.stack([base, partner])
     shifts = jnp.stack([_base_shift(key, base, max_shift),
                         _partner_shift(key, index, max_shift)])
-    digits = jax.vmap(lambda i, s: place(images[i].astype(jnp.float32) / 255.0, s, canvas))(
-        sources, shifts)
+    digits = jax.vmap(lambda i, s: place(to_float(images[i]), s, canvas))(sources, shifts)
     return Pair(jnp.minimum(digits[0] + digits[1], 1.0), digits, labels_j[sources])
 
   return pair

@@ -501,11 +501,7 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
   "all", more test examples than the set has, or a dataset whose inputs differ in shape from
   what the network takes.
   """
-  if not (test_examples is None or test_examples == "all" or (
-      isinstance(test_examples, int) and not isinstance(test_examples, bool)
-      and test_examples > 0)):
-    raise ValueError(f"test_examples must be a positive integer or 'all', got "
-                     f"{test_examples!r}.")
+  datasets.check_test_examples(test_examples)
   graphdef, state, meta = load_for_eval(workdir, step)
   config = config_from_saved(meta["config"], report=lambda _: None)
   name = dataset or config.dataset

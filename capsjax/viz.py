@@ -455,12 +455,9 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   `digit` outside the classes, `dims` outside 1..the capsules' dimension count, `test_examples`
   neither a positive integer nor "all", or more test examples than the set has.
   """
-  if not (test_examples is None or test_examples == "all" or (
-      isinstance(test_examples, int) and not isinstance(test_examples, bool)
-      and test_examples > 0)):
-    raise ValueError(f"test_examples must be a positive integer or 'all', got "
-                     f"{test_examples!r}.")
-  from capsjax import api, archs, data
+  from capsjax import api, archs, data, datasets
+
+  datasets.check_test_examples(test_examples)
 
   figures = check_figures(list(figures or FIGURES))
   model = api.load(workdir, step)

@@ -2,7 +2,8 @@
 `mnist`, `fashion_mnist`, `multimnist` (§6) and `expanded_mnist` (§5.2) to train on;
 `affnist_style` and `affnist` (§5.2) to evaluate on."""
 
-from capsjax.datasets.base import Dataset, Examples, gather, input_shape, subset
+from capsjax.datasets.base import (Dataset, Examples, check_test_examples, gather, input_shape,
+                                   subset)
 from capsjax.datasets.affnist import AFFNIST as _AFFNIST
 from capsjax.datasets.affnist import AFFNIST_STYLE as _AFFNIST_STYLE
 from capsjax.datasets.expanded_mnist import EXPANDED_MNIST as _EXPANDED_MNIST
@@ -31,4 +32,5 @@ def get(name: str, split: str | None = None) -> Dataset:
   return _DATASETS[name]
 
 
-__all__ = ["Dataset", "Examples", "available", "gather", "get", "input_shape", "subset"]
+__all__ = ["Dataset", "Examples", "available", "check_test_examples", "gather", "get",
+           "input_shape", "subset"]

@@ -74,6 +74,16 @@ def input_shape(examples: Examples, stored: data.Split) -> tuple[int, ...]:
   return tuple(int(s) for s in x.shape[1:])
 
 
+def check_test_examples(test_examples) -> None:
+  """Raises ValueError (one line) unless `test_examples` is None, "all" or a positive int (a
+  test-example count as `capsjax eval` and `viz` take it)."""
+  if not (test_examples is None or test_examples == "all" or (
+      isinstance(test_examples, int) and not isinstance(test_examples, bool)
+      and test_examples > 0)):
+    raise ValueError(f"test_examples must be a positive integer or 'all', got "
+                     f"{test_examples!r}.")
+
+
 def subset(size: int, count: int | None, what: str = "the test set") -> np.ndarray:
   """[count] example indices spread evenly over a set of `size` (all of it for None): example
   floor(j * size / count) for j < count, so a subset of a set built k-per-stored-example
