@@ -27,10 +27,9 @@ from capsjax.streams import StepKeys
 from capsjax.inputs import to_float  # uint8 /255, float as float32, others refused
 
 
-# Evaluation batch size per backend, from benchmarks/eval_batch_size.py (README "Evaluation
-# batch size"): on the 2-core CPU, 2026-11-25, batch 100 had the best median (181 images/s; 16 to
-# 500 all within 163-181, about the run-to-run spread). Accelerators keep large batches (not
-# measured here: no GPU was available).
+# Evaluation batch size per backend, chosen with benchmarks/eval_batch_size.py on the path
+# `capsjax eval` runs (README "Evaluation batch size": the CPU's best median is batch 100).
+# Accelerators keep large batches (not measured: no GPU was available).
 EVAL_BATCH_SIZE = {"cpu": 100}
 DEFAULT_EVAL_BATCH_SIZE = 500
 
