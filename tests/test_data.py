@@ -55,13 +55,20 @@ def test_bad_data_dirs(tmp_path, monkeypatch, data_dir):
     data.load_split("imagenet", "train", data_dir)
 
 
-def test_relative_data_dir_is_resolved_once_to_an_absolute_path(data_dir, tmp_path,
-                                                                 monkeypatch):
-  elsewhere = tmp_path / "elsewhere" / "deeper"  # where `relative` names no folder
+@pytest.fixture
+def relative(data_dir, tmp_path, monkeypatch) -> tuple[str, Path]:
+  """(the data dir relative to tmp_path/here, the current directory now; a directory where
+  that relative path names no folder)."""
+  elsewhere = tmp_path / "elsewhere" / "deeper"
   elsewhere.mkdir(parents=True)
   (tmp_path / "here").mkdir()
   monkeypatch.chdir(tmp_path / "here")
-  relative = os.path.relpath(data_dir)
+  return os.path.relpath(data_dir), elsewhere
+
+
+def test_relative_data_dir_is_resolved_once_to_an_absolute_path(data_dir, tmp_path,
+                                                                 monkeypatch, relative):
+  relative, elsewhere = relative
   assert not Path(relative).is_absolute()
   path = data.resolve_data_dir(relative)
   assert path.is_absolute() and path.samefile(data_dir)
@@ -76,12 +83,8 @@ def test_relative_data_dir_is_resolved_once_to_an_absolute_path(data_dir, tmp_pa
 
 
 def test_train_reads_a_relative_data_dir_as_one_absolute_path(data_dir, tmp_path, monkeypatch,
-                                                              capsys):
-  elsewhere = tmp_path / "elsewhere" / "deeper"  # where `relative` names no folder
-  elsewhere.mkdir(parents=True)
-  (tmp_path / "here").mkdir()
-  monkeypatch.chdir(tmp_path / "here")
-  relative = os.path.relpath(data_dir)
+                                                              capsys, relative):
+  relative, elsewhere = relative
   real_load, seen = data.load_split, []
 
   def load_from_elsewhere(name, split, given, limit=None):
