@@ -113,15 +113,17 @@ def load(workdir: str | os.PathLike, step: int | None = None, *,
 
 def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
         data_dir: str | os.PathLike | None = None, *, progress: bool = True,
-        tensorboard: bool = False, train_examples: int | None = None, test_examples: int | None = None,
-        **overrides) -> dict[str, Any]:
+        tensorboard: bool = False, train_examples: int | None = None,
+        test_examples: int | None = None, **overrides) -> dict[str, Any]:
   """Trains (or resumes) in `workdir` through the same loop as `capsjax train`.
 
   Args:
     config: a preset name ("quick", "paper") or a TrainConfig.
     workdir, data_dir: as for the CLI (data_dir None: $TFDS_DATA_DIR).
     progress, tensorboard: as `capsjax train` without --no-progress / with --tensorboard.
-    train_examples: use only the first N training examples (smoke runs).
+    train_examples: use only the first N stored training examples (smoke runs; MultiMNIST: N
+      digits, N x 1,000 pairs); recorded as TrainConfig.train_examples, so a resume that
+      leaves it out is told that the data changed.
     test_examples: evaluate on N test examples (the first N of a stored set, N spread evenly
       over a built one); recorded with the run as TrainConfig.test_examples, so `capsjax eval`
       and `capsjax viz` of the run use the same number unless told otherwise. None: the
@@ -141,6 +143,7 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
     overrides["max_steps"] = None  # epochs alone sets the run length, as on the CLI
   if test_examples is not None:
     overrides["test_examples"] = test_examples  # recorded: eval and viz default to it
+  if train_examples is not None:
+    overrides["train_examples"] = train_examples  # recorded: a resume without it is told
   config = dataclasses.replace(config, **overrides)
-  return train_lib.train(config, workdir, data_dir, train_limit=train_examples,
-                         progress=progress, tensorboard=tensorboard)
+  return train_lib.train(config, workdir, data_dir, progress=progress, tensorboard=tensorboard)

@@ -27,7 +27,7 @@ from capsjax import archs, data, datasets, pipeline
 from capsjax import routing as routing_lib
 from capsjax.errors import one_line as _one_line
 from capsjax.runtime import tune_host_allocator
-from capsjax.viz import MULTIMNIST_EXAMPLES
+from capsjax.viz import VIZ_EXAMPLES
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 1
@@ -49,7 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
   t = sub.add_parser("train", help="train (or resume) a CapsNet or the baseline CNN",
                      parents=[common])
   t.add_argument("--config", default="quick",
-                 help="preset: quick, hour (CPU) or paper, baseline (GPU); capsjax/configs/")
+                 help="preset: quick, hour, table1_cpu, *_cpu (CPU) or paper, paper_300k, "
+                      "baseline, multimnist, affnist (GPU); capsjax/configs/")
   t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
   t.add_argument("--dataset", default=None,
@@ -156,8 +157,8 @@ def _build_parser() -> argparse.ArgumentParser:
   v.add_argument("--test-examples", default=None, metavar="N|all",
                  help="draw from N test examples (the first N of a stored set, N spread evenly "
                       "over a built one) or all of them. Default: the number the run recorded "
-                      "(TrainConfig.test_examples); none recorded: the whole set, but "
-                      f"{MULTIMNIST_EXAMPLES:,} pairs of a MultiMNIST run (10M in all)")
+                      f"(TrainConfig.test_examples; none recorded: the whole set), at most "
+                      f"{VIZ_EXAMPLES:,} (a MultiMNIST run's 10M pairs: say all)")
   v.add_argument("--no-progress", action="store_true", help="no progress bar")
   return parser
 

@@ -50,6 +50,9 @@ class TrainConfig:
   # Evaluate on this many test examples, spread evenly over the set (`datasets.subset`); None:
   # all (MultiMNIST: 10M pairs).
   test_examples: int | None = None
+  # Train on the first N stored training examples only (smoke runs; MultiMNIST: N digits, so
+  # N x 1,000 pairs); None: all. Recorded, so a resume that changes it is noted.
+  train_examples: int | None = None
   checkpoint_every: int = 1000  # steps between checkpoints; one is always written at the end
   keep_checkpoints: int = 3
   # Training data on the device ("device"), host batches copied per chunk ("host"), or "auto":
@@ -87,7 +90,7 @@ class TrainConfig:
       raise ValueError(f"min_learning_rate must be in [0, learning_rate = {self.learning_rate}], "
                        f"got {self.min_learning_rate}.")
     for name in ("epochs", "max_steps", "eval_batch_size", "steps_per_dispatch", "devices",
-                 "test_examples"):
+                 "test_examples", "train_examples"):
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}.")

@@ -8,13 +8,15 @@ Every other dtype is refused with a ValueError naming it: other integers (int8, 
 is guessed. Labels are integer class indices of any integer dtype; float and bool labels are
 refused (a float label is no class index, and `jax.nn.one_hot` would only warn).
 
-Only dtypes and shapes are checked here (known while tracing, so the checks hold inside `jax.jit`
-too); values ([0, 1] pixels, labels < classes) are `capsjax.data.check_batch`'s and
-`capsjax.model.check_labels`'.
+Dtypes and shapes are checked here always (known while tracing, so the checks hold inside
+`jax.jit` too); the [0, 1] range of float images only where the values are concrete (an eager
+call: a float batch of 0..255 pixels is refused, not read as saturated). Label values (< classes)
+are `capsjax.model.check_labels`'; `capsjax.data.check_batch` checks whole host batches.
 """
 
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,9 +61,16 @@ def network_images(images: Any, input_shape: Sequence[int]) -> Any:
   """A network's input batch: `check_image_shape`, then `to_float` (float32 [B, H, W, C]).
 
   Raises:
-    ValueError: for a shape other than [B, *input_shape] or a dtype `to_float` refuses.
+    ValueError: for a shape other than [B, *input_shape], a dtype `to_float` refuses, or
+      concrete (not traced) float values outside [0, 1] (NaN included).
   """
   check_image_shape(images, input_shape)
+  if hasattr(images, "dtype") and jnp.issubdtype(images.dtype, jnp.floating) and not \
+      isinstance(images, (jax.core.Tracer, jax.ShapeDtypeStruct)) and np.size(images):
+    lo, hi = float(jnp.min(images)), float(jnp.max(images))
+    if not (0.0 <= lo and hi <= 1.0):
+      raise ValueError(f"float images must lie in [0, 1], got values from {lo:g} to {hi:g} "
+                       "(pass uint8 for 0..255).")
   return to_float(images)
 
 

@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from capsjax.inputs import to_float
+
 RECONSTRUCTION_WEIGHT = 0.0005
 
 
@@ -28,11 +30,12 @@ def reconstruction_loss(recon: jnp.ndarray, images: jnp.ndarray) -> jnp.ndarray:
 
   Args:
     recon: [B, H, W, C] decoder output in [0, 1].
-    images: [B, H, W, C] targets in [0, 1].
+    images: [B, H, W, C] targets: uint8 (0..255, read as /255) or float in [0, 1]
+      (`capsjax.inputs.to_float`; another dtype raises ValueError naming it).
   Returns:
-    [B] per-example sum of squared errors.
+    [B] per-example sum of squared errors (float32).
   """
-  diff = (recon - images).reshape(recon.shape[0], -1)
+  diff = (recon - to_float(images)).reshape(recon.shape[0], -1)
   return jnp.sum(jnp.square(diff), axis=-1)
 
 

@@ -197,7 +197,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     workdir: holds checkpoints/, metrics.jsonl and config.json; an existing run there is resumed
       from its latest checkpoint.
     data_dir: TFDS data_dir (None: $TFDS_DATA_DIR).
-    train_limit: use only the first N stored training examples (smoke tests).
+    train_limit: use only the first N stored training examples (smoke tests; default
+      config.train_examples; recorded with the run as its train_examples).
     test_limit: evaluate on N test examples (default: config.test_examples; recorded with the
       run as its test_examples): the first N of a stored set, N spread evenly over a set built
       on the fly (`datasets.subset`).
@@ -216,6 +217,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   """
   if test_limit is not None:  # recorded with the run: `capsjax eval` and `viz` default to it
     config = dataclasses.replace(config, test_examples=test_limit)
+  if train_limit is not None:  # recorded too: a resume without it is told the data changed
+    config = dataclasses.replace(config, train_examples=train_limit)
   config.validate()
   dataset = datasets.get(config.dataset, "train")
   if config.pipeline == "host" and not dataset.host_batches:
@@ -229,7 +232,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     tensorboard_lib.check_available()
   # Everything decidable from the config and the data is decided before the workdir is touched:
   # a batch larger than the training set, more test examples than the set has.
-  splits = _load_splits(dataset, config, data_dir, train_limit, config.test_examples)
+  splits = _load_splits(dataset, config, data_dir, config.train_examples, config.test_examples)
   workdir = prepare_workdir(workdir)
   # Process 0 owns the workdir (the lock, metrics, config.json); the others of a multi-process
   # run only take part in the checkpoints' collective writes and reads.

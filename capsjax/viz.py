@@ -38,7 +38,9 @@ FIGURES = ("reconstructions", "perturbations", "routing", "confusion", "curves",
 _ONE_LABEL = ("reconstructions", "perturbations", "routing", "confusion")
 # Test pairs viz looks at for a MultiMNIST run that recorded no test count (its whole 10M-pair
 # set) when --test-examples is not given (`--test-examples all` asks for every pair).
-MULTIMNIST_EXAMPLES = 1000
+# `viz` builds at most this many test examples unless told otherwise (`--test-examples N|all`):
+# a run that evaluated on more (a MultiMNIST run's 10M pairs) is drawn from so many of them.
+VIZ_EXAMPLES = 10_000
 OFFSETS = tuple(float(x) for x in np.round(np.linspace(-0.25, 0.25, 11), 2))  # Fig. 4
 
 
@@ -448,8 +450,9 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 
   `test_examples`: the figures' test examples: N (the first N of a stored set, N spread evenly
   over a built one), "all" (every one: a MultiMNIST run's 10,000,000 pairs, held in memory), or
-  None: the number the run recorded (TrainConfig.test_examples, as `capsjax eval`); a run that
-  recorded none: its whole test set, but `MULTIMNIST_EXAMPLES` pairs of a MultiMNIST run.
+  None: the number the run recorded (TrainConfig.test_examples, as `capsjax eval`; a run that
+  recorded none: its whole test set), at most `VIZ_EXAMPLES` (saying so through `report`).
+  matplotlib is checked first, before any test example is evaluated.
 
   Raises ValueError (one line) for bad input: a workdir without checkpoints, an unknown figure,
   `digit` outside the classes, `dims` outside 1..the capsules' dimension count, `test_examples`
@@ -460,6 +463,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   datasets.check_test_examples(test_examples)
 
   figures = check_figures(list(figures or FIGURES))
+  _pyplot()  # a missing matplotlib: said before minutes of evaluation, not after
   model = api.load(workdir, step)
   k = model.num_classes
   if digit is not None and not 0 <= digit < k:
@@ -480,9 +484,15 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   if figures != ["curves"]:
     data_dir = data.resolve_data_dir(data_dir)  # absolute, resolved once
   if needs_data:
-    if test_examples is None:  # the run's own number, as `capsjax eval` uses
-      count = model.config.test_examples
-      count = MULTIMNIST_EXAMPLES if count is None and two_digit else count
+    if test_examples is None:  # the run's own number, as `capsjax eval` uses, at most
+      count = model.config.test_examples  # VIZ_EXAMPLES
+      if count is None or count > VIZ_EXAMPLES:
+        ds = datasets.get(dataset, "test")
+        size = count or ds.size("test", ds.load("test", data_dir, None))
+        if size > VIZ_EXAMPLES:
+          count = VIZ_EXAMPLES
+          report(f"drawing from {VIZ_EXAMPLES:,} of the run's {size:,} test examples "
+                 "(--test-examples N or all for more).")
     else:
       count = None if test_examples == "all" else test_examples
     images, targets = dataset_examples(dataset, model.config, "test", data_dir, count,

@@ -5,6 +5,7 @@ evaluated on its own set, at most the whole other set."""
 
 import dataclasses
 import json
+import sys
 
 import pytest
 
@@ -140,3 +141,13 @@ def test_viz_of_a_run_without_a_recorded_count_uses_its_whole_stored_set(mnist_r
   monkeypatch.setattr(viz, "run_test_set", counting)
   drawn = viz.render(str(mnist_run), data_dir, str(tmp_path), ["confusion"], progress=False)
   assert seen == [10_000] and drawn["confusion"].endswith("confusion.png")
+
+
+def test_viz_says_matplotlib_is_missing_before_evaluating(mnist_run, data_dir, tmp_path,
+                                                          monkeypatch):
+  seen = []
+  monkeypatch.setattr(viz, "run_test_set", lambda *args: seen.append(args))  # must not run
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+  with pytest.raises(ValueError, match="matplotlib, which is not installed"):
+    viz.render(str(mnist_run), data_dir, str(tmp_path), ["confusion"], progress=False)
+  assert seen == []

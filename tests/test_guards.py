@@ -102,3 +102,17 @@ def test_images_per_sec_excludes_checkpoint_time(tmp_path, data_dir, monkeypatch
   assert train[0]["checkpoint_s"] == 0.0
   assert train[1]["checkpoint_s"] >= 3.0 and train[1]["eval_s"] == 0.0
   assert train[1]["images_per_sec"] > 8 / 3.0
+
+
+def test_train_examples_is_recorded_and_a_resume_without_it_is_told(tmp_path, data_dir, capsys):
+  """--train-examples is recorded with the run (config.json), so a resume that leaves it out
+  (and so trains on the whole set) is told the data changed, instead of silently."""
+  common = dict(max_steps=2, batch_size=8, log_every=2, checkpoint_every=2, test_examples=8,
+                progress=False, model=TINY)
+  api.fit("quick", tmp_path / "run", data_dir, train_examples=64, **common)
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+  assert saved["train_examples"] == 64
+  capsys.readouterr()
+  api.fit("quick", tmp_path / "run", data_dir, **{**common, "max_steps": 3})
+  out = capsys.readouterr().out
+  assert "train_examples: checkpoint 64 vs now None" in out, out

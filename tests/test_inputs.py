@@ -80,6 +80,17 @@ def test_modules_refuse_other_image_dtypes(dtype):
                                  f"dtype {name}.")
 
 
+def test_modules_refuse_float_images_outside_0_1_in_eager_calls():
+  """A float batch of 0..255 pixels is not read as a saturated one (the values are checked
+  where they are concrete; under jit only the dtype and shape can be)."""
+  pixels = UINT8.astype(np.float32)  # 0..255, float
+  for call in (lambda: tiny_capsnet()(pixels), lambda: tiny_cnn()(pixels),
+               lambda: tiny_capsnet()(np.full_like(FLOAT, np.nan))):
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\], got values"):
+      call()
+  tiny_capsnet()(FLOAT)  # in range: accepted
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.bool_])
 def test_capsnet_refuses_labels_that_are_not_integers(dtype):
   model = tiny_capsnet()
@@ -141,3 +152,13 @@ def test_the_modules_emit_no_deprecation_warning():
     model(UINT8, LABELS)
     jax.jit(lambda x, y: model(x, y).lengths)(UINT8, LABELS)
     tiny_cnn()(UINT8)
+
+
+def test_reconstruction_loss_reads_uint8_targets_as_0_to_255():
+  """The public loss takes images too: uint8 targets are /255, not compared as 0..255."""
+  from capsjax import losses
+  recon = np.full((3, 28, 28, 1), 0.5, np.float32)
+  np.testing.assert_allclose(losses.reconstruction_loss(recon, UINT8),
+                             losses.reconstruction_loss(recon, FLOAT), rtol=1e-5)
+  with pytest.raises(ValueError, match="got dtype int32"):
+    losses.reconstruction_loss(recon, UINT8.astype(np.int32))
