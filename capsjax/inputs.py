@@ -57,6 +57,17 @@ def check_image_shape(images: Any, input_shape: Sequence[int]) -> None:
                      f"got {shape}.")
 
 
+def _concrete_float(images: Any) -> bool:
+  """Whether `images` is a non-empty float array whose values this process can read."""
+  if not hasattr(images, "dtype") or not jnp.issubdtype(images.dtype, jnp.floating):
+    return False
+  if isinstance(images, (jax.core.Tracer, jax.ShapeDtypeStruct)):
+    return False
+  if isinstance(images, jax.Array) and not images.is_fully_addressable:
+    return False
+  return bool(np.size(images))
+
+
 def network_images(images: Any, input_shape: Sequence[int]) -> Any:
   """A network's input batch: `check_image_shape`, then `to_float` (float32 [B, H, W, C]).
 
@@ -65,9 +76,9 @@ def network_images(images: Any, input_shape: Sequence[int]) -> Any:
       concrete (not traced) float values outside [0, 1] (NaN included).
   """
   check_image_shape(images, input_shape)
-  if hasattr(images, "dtype") and jnp.issubdtype(images.dtype, jnp.floating) and not \
-      isinstance(images, (jax.core.Tracer, jax.ShapeDtypeStruct)) and np.size(images):
-    lo, hi = float(jnp.min(images)), float(jnp.max(images))
+  if _concrete_float(images):  # read on the host: a constant inside a trace is read too
+    values = np.asarray(images)
+    lo, hi = float(values.min()), float(values.max())
     if not (0.0 <= lo and hi <= 1.0):
       raise ValueError(f"float images must lie in [0, 1], got values from {lo:g} to {hi:g} "
                        "(pass uint8 for 0..255).")

@@ -41,9 +41,11 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   result = json.loads(first.stdout.strip().splitlines()[-1])
   assert result["step"] == 3 and result["test_examples"] == 64
   # config.json holds the preset with the flags applied, and reads back as the same TrainConfig;
-  # --test-examples is recorded too (eval and viz of the run default to it).
+  # --test-examples and --train-examples are recorded too (eval and viz of the run default to
+  # the first; a resume without the second is told the data changed).
   expected = dataclasses.replace(config_lib.get_preset("quick"), max_steps=3, batch_size=8,
-                                 checkpoint_every=2, keep_checkpoints=2, test_examples=64)
+                                 checkpoint_every=2, keep_checkpoints=2, test_examples=64,
+                                 train_examples=512)
   stored = json.loads((workdir / "config.json").read_text())
   assert config_lib.TrainConfig(**stored["config"]) == expected
   assert stored["model"] == {"arch": "capsnet", "input_shape": [28, 28, 1], "num_classes": 10,
