@@ -8,8 +8,8 @@ split resident on the device, here `--images` examples of `--dataset`'s test set
 its first N images; a built set: N spread over it), at each batch size; the last batch is padded
 as in a real evaluation. Each batch size is compiled and run once untimed, then timed in
 `--rounds` rounds that visit the sizes in alternating order (the VM's speed drifts); the median
-round counts. The last stdout line is one JSON object: {"images_per_sec": {batch: ...}, "best": batch, ...}. This is
-how `capsjax.steps.default_eval_batch_size` was chosen for the CPU.
+round counts. The last stdout line is one JSON object: {"images_per_sec": {batch: ...},
+"best": batch, ...}. This is how `capsjax.steps.default_eval_batch_size` was chosen for the CPU.
 """
 
 import argparse

@@ -95,9 +95,10 @@ def _objective(loss_fn: LossFn, model, images, labels, *, train: bool, key=None,
 def _train_update(graphdef: Any, loss_fn: LossFn):
   """The pure training step `(state, images, targets, keys: StepKeys) -> (state, metrics)` on
   a built batch (`capsjax.datasets.Examples`, which used `keys.data`); `keys.dropout` feeds the
-  loss (dropout): another stream of the run's seed (`capsjax.streams`). `metrics.finite` is 0 when the loss, a gradient, or a parameter or
-  optimizer-state value after the update is NaN/Inf: so the step that breaks the parameters
-  (e.g. an infinite learning rate) is the one flagged, not the next.
+  loss (dropout): another stream of the run's seed (`capsjax.streams`). `metrics.finite` is 0
+  when the loss, a gradient, or a parameter or optimizer-state value after the update is
+  NaN/Inf: so the step that breaks the parameters (e.g. an infinite learning rate) is the one
+  flagged, not the next.
   """
 
   def update(state, images, labels, keys: StepKeys):
@@ -145,7 +146,8 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, examples: Callable):
   its dropout from `k.dropout`. `images`/`labels` are the stored training split resident on the
   device; or, with `indices` None, this chunk's rows themselves, [K, B, H, W, C] / [K, B],
   step i building its batch from `images[i]` as a split of B rows. A step whose loss, gradient
-  or updated state is non-finite leaves the state as it was and ends the chunk (`ChunkResult.bad_step`),
+  or updated state is non-finite leaves the state as it was and ends the chunk
+  (`ChunkResult.bad_step`),
   so the returned state is the last good one. One compilation serves every num_steps <= K (a
   `while_loop`); `state` is donated.
   """

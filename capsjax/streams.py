@@ -1,15 +1,17 @@
-"""Named random streams of a run's seed: every random draw of capsjax comes from exactly one.
+"""Named random streams of a run's seed: every JAX random draw of capsjax comes from exactly one.
 
 A stream is `fold_in(key(seed), tag(name))`, the tag a 31-bit hash of the stream's name, and
 its draws are then folded by step or example index:
 
-| stream | seed | folded by | drawn by |
-|---|---|---|---|
-| `init` | the run's | NNX's own counter | parameter initialisation (`nnx.Rngs(stream(seed, "init"))`) |
-| `data` | the run's | global step | each training step's data key: shifts (split over the batch), affine warps, translations |
-| `dropout` | the run's | global step | each training step's dropout key (the baseline CNN) |
-| `multimnist/train` | the run's | example index | MultiMNIST training pairs (a pair is a function of (seed, index)) |
-| `multimnist/test`, `affnist_style/test` | TEST_SEED | example index | the built test sets, the same in every run |
+- `init` (the run's seed; NNX's own counter): parameter initialisation,
+  `nnx.Rngs(init_rngs_key(seed))`;
+- `data` (the run's seed; global step): each training step's data key: the random shifts (split
+  over the batch), expanded MNIST's translations;
+- `dropout` (the run's seed; global step): each training step's dropout key (the baseline CNN);
+- `multimnist/train` (the run's seed; example index): MultiMNIST's training pairs, each a
+  function of (seed, index);
+- `multimnist/test`, `affnist_style/test` (TEST_SEED; example index): the built test sets, the
+  same in every run.
 
 So no two uses share a key: the dropout key of step s is not the shift key of any image of
 step s, step 0's data key is not the key that initialised Conv1, and test example i is not

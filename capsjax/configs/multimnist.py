@@ -3,7 +3,8 @@
     capsjax train --config multimnist --data-dir ../shared/tensorflow_datasets --workdir runs/mm
 
 CapsNet with the paper's settings (3 routing iterations, Adam 1e-3 decayed x0.96 per 2,000
-steps continuously and floored at 1e-6 as in the official code, batch 128) on pairs of overlapping digits built on the fly (capsjax/multimnist.py): the
+steps continuously and floored at 1e-6 as in the official code, batch 128) on pairs of
+overlapping digits built on the fly (capsjax/multimnist.py): the
 60M training pairs once (468,750 steps; the paper does not state its run length, this is our
 choice), then the error on all 10M test pairs, recorded as its test_examples so that `capsjax
 eval` of the run does the same (--test-examples N for fewer). The paper: 5.2%.
