@@ -50,8 +50,9 @@ def test_keys_of_every_stream_are_pairwise_distinct():
   for dataset in ("multimnist", "affnist_style"):
     base = streams.eval_stream(dataset)
     everything += [("test", dataset, _bits(jax.random.fold_in(base, i))) for i in range(STEPS)]
-  everything += [("test", "multimnist pairs", _bits(multimnist_dataset.pair_key(s, "test")))
-                 for s in (0, 1)][:1]  # one test stream whatever the run's seed
+  # The base keys themselves (the test pairs' key is the same whatever the run's seed).
+  everything += [("base", name, _bits(streams.stream(0, name))) for name in streams.TRAINING]
+  everything.append(("base", "multimnist/test", _bits(multimnist_dataset.pair_key(0, "test"))))
   by_key = {}
   for seed, name, k in everything:
     by_key.setdefault(k, []).append((seed, name))
