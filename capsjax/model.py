@@ -52,7 +52,7 @@ def check_labels(labels: Any, num_classes: int) -> None:
 
   Traced labels (inside `jax.jit`) have a dtype but no values to check: `CapsNet` then adds a
   `checkify.debug_check`, which reports them under `checkify.checkify` and costs nothing otherwise.
-  capsjax's jitted steps call this on the host before the compiled call (see `capsjax.steps`).
+  capsjax's training loop checks each split's labels once, when it is loaded (`data.Split`).
   """
   check_label_dtype(labels)
   if not _is_concrete(labels):

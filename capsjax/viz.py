@@ -36,8 +36,6 @@ FIGURES = ("reconstructions", "perturbations", "routing", "confusion", "curves",
            "samples", "affnist")
 # Figures of one-label datasets (MultiMNIST runs draw `multimnist`, `samples` and `curves`).
 _ONE_LABEL = ("reconstructions", "perturbations", "routing", "confusion")
-# Test pairs viz looks at for a MultiMNIST run that recorded no test count (its whole 10M-pair
-# set) when --test-examples is not given (`--test-examples all` asks for every pair).
 # `viz` builds at most this many test examples unless told otherwise (`--test-examples N|all`):
 # a run that evaluated on more (a MultiMNIST run's 10M pairs) is drawn from so many of them.
 VIZ_EXAMPLES = 10_000
@@ -451,7 +449,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   `test_examples`: the figures' test examples: N (the first N of a stored set, N spread evenly
   over a built one), "all" (every one: a MultiMNIST run's 10,000,000 pairs, held in memory), or
   None: the number the run recorded (TrainConfig.test_examples, as `capsjax eval`; a run that
-  recorded none: its whole test set), at most `VIZ_EXAMPLES` (saying so through `report`).
+  recorded none: its whole test set), a recorded number or a whole built set above
+  `VIZ_EXAMPLES` cut to that many (saying so through `report`).
   matplotlib is checked first, before any test example is evaluated.
 
   Raises ValueError (one line) for bad input: a workdir without checkpoints, an unknown figure,
@@ -484,15 +483,15 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   if figures != ["curves"]:
     data_dir = data.resolve_data_dir(data_dir)  # absolute, resolved once
   if needs_data:
-    if test_examples is None:  # the run's own number, as `capsjax eval` uses, at most
-      count = model.config.test_examples  # VIZ_EXAMPLES
-      if count is None or count > VIZ_EXAMPLES:
-        ds = datasets.get(dataset, "test")
-        size = count or ds.size("test", ds.load("test", data_dir, None))
-        if size > VIZ_EXAMPLES:
-          count = VIZ_EXAMPLES
-          report(f"drawing from {VIZ_EXAMPLES:,} of the run's {size:,} test examples "
-                 "(--test-examples N or all for more).")
+    if test_examples is None:  # the run's own number (as `capsjax eval`), at most VIZ_EXAMPLES
+      count = model.config.test_examples
+      ds = datasets.get(dataset, "test")
+      if count is None and not ds.host_batches:  # the whole of a built set: its size
+        count = ds.size("test", ds.load("test", data_dir, None))
+      if count is not None and count > VIZ_EXAMPLES:
+        report(f"drawing from {VIZ_EXAMPLES:,} of the run's {count:,} test examples "
+               "(--test-examples N or all for more).")
+        count = VIZ_EXAMPLES
     else:
       count = None if test_examples == "all" else test_examples
     images, targets = dataset_examples(dataset, model.config, "test", data_dir, count,

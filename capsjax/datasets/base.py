@@ -19,7 +19,7 @@ import numpy as np
 
 from capsjax import data
 from capsjax.archs.base import Arch, LossFn
-from capsjax.steps import to_float
+from capsjax.inputs import to_float
 
 # (key or None, stored images [N,...] uint8, stored labels [N], index [B] int) ->
 # (inputs float32 [B,H,W,C] in [0, 1], targets). `key` is the training step's key (None when
