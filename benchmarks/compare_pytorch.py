@@ -33,8 +33,8 @@ except ImportError:
                    "dependency); pip install torch to run this comparison.") from None
 
 import train_throughput  # same folder
+from capsjax.infra.runtime import tune_host_allocator
 from capsjax.routing import dynamic_routing
-from capsjax.runtime import tune_host_allocator
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

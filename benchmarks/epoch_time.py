@@ -23,12 +23,13 @@ from pathlib import Path
 
 import jax
 
-from capsjax import archs
-from capsjax import config as config_lib
-from capsjax import data, datasets, pipeline
-from capsjax.errors import one_line
-from capsjax.runtime import tune_host_allocator
-from capsjax.train import train
+from capsjax import data
+from capsjax.core.errors import one_line
+from capsjax.data import datasets, pipeline
+from capsjax.infra.runtime import tune_host_allocator
+from capsjax.train import archs, presets
+from capsjax.train import config as config_lib
+from capsjax.train.loop import train
 
 
 def measure(config: config_lib.TrainConfig, data_dir: str | None, workdir: Path,
@@ -97,7 +98,7 @@ def main(argv=None):
   if not isinstance(model, dict):
     p.error(f"--model must be a JSON object, got {args.model!r}")
   try:
-    config = config_lib.get_preset(args.config)
+    config = presets.get(args.config)
     config = dataclasses.replace(
         config, model={**config.model, **model},
         batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,

@@ -9,7 +9,7 @@ its first N images; a built set: N spread over it), at each batch size; the last
 as in a real evaluation. Each batch size is compiled and run once untimed, then timed in
 `--rounds` rounds that visit the sizes in alternating order (the VM's speed drifts); the median
 round counts. The last stdout line is one JSON object: {"images_per_sec": {batch: ...},
-"best": batch, ...}. This is how `capsjax.steps.default_eval_batch_size` was chosen for the CPU.
+"best": batch, ...}. This is how `capsjax.train.steps.default_eval_batch_size` was chosen for the CPU.
 """
 
 import argparse
@@ -20,10 +20,12 @@ import time
 import jax
 from flax import nnx
 
-from capsjax import archs, datasets, steps
-from capsjax.config import TrainConfig
-from capsjax.runtime import tune_host_allocator
-from capsjax.train import create_model, evaluate_indexed, model_settings
+from capsjax.data import datasets
+from capsjax.infra.runtime import tune_host_allocator
+from capsjax.train import archs, steps
+from capsjax.train.config import TrainConfig
+from capsjax.train.evaluate import evaluate_indexed
+from capsjax.train.model_state import create_model, model_settings
 
 
 def main(argv=None):
@@ -51,7 +53,7 @@ def main(argv=None):
                               f"the {args.dataset} test set")
   except ValueError as e:
     p.error(str(e))
-  examples = dataset.examples(config, "test", stored)
+  examples = dataset.builder(config, "test", stored)
   settings = model_settings(config, stored, datasets.input_shape(examples, stored))
   graphdef, state = nnx.split(create_model(settings, config))
   eval_step = steps.make_eval_step(graphdef, dataset.loss(archs.get(config.arch), config),

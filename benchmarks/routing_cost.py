@@ -39,8 +39,8 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from capsjax import routing
-from capsjax.runtime import tune_host_allocator
-from capsjax.squash import squash
+from capsjax.core.squash import squash
+from capsjax.infra.runtime import tune_host_allocator
 
 VOTE_VARIANTS = ("dynamic+votes", "dynamic_chunked+votes")
 

@@ -20,10 +20,13 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from capsjax import archs, data, datasets, pipeline, steps, streams
-from capsjax.config import TrainConfig
-from capsjax.runtime import tune_host_allocator
-from capsjax.train import create_state, model_settings
+from capsjax import data
+from capsjax.core import streams
+from capsjax.data import datasets, pipeline
+from capsjax.infra.runtime import tune_host_allocator
+from capsjax.train import archs, steps
+from capsjax.train.config import TrainConfig
+from capsjax.train.model_state import create_state, model_settings
 
 
 class Bench(NamedTuple):
@@ -51,8 +54,8 @@ def build(batch_size: int, routing_iters: int, seed: int = 0, precision: str = "
   graphdef, state = create_state(model_settings(config, split), config)
   loss_fn = mnist.loss(archs.get(config.arch), config)
   train_chunk = steps.make_train_chunk(graphdef, loss_fn,
-                                       examples=mnist.examples(config, "train", split))
-  eval_step = steps.make_eval_step(graphdef, loss_fn, mnist.examples(config, "test", split))
+                                       builder=mnist.builder(config, "train", split))
+  eval_step = steps.make_eval_step(graphdef, loss_fn, mnist.builder(config, "test", split))
   return Bench(state, train_chunk,
                pipeline.DeviceResident(split, batch_size, seed, steps_per_dispatch),
                jax.device_put(streams.run_keys(seed)), eval_step,

@@ -1,9 +1,14 @@
-"""capsjax: Capsule Networks ("Dynamic Routing Between Capsules", Sabour et al. 2017) in JAX."""
+"""capsjax: Capsule Networks ("Dynamic Routing Between Capsules", Sabour et al. 2017) in JAX.
 
-from capsjax import losses, routing
-from capsjax.cnn import BaselineCNN
-from capsjax.model import CapsNet, CapsNetOutput, count_params
-from capsjax.squash import safe_length, squash
+The names a script uses: the networks (`CapsNet`, `BaselineCNN`, from `capsjax.nn`), `squash`
+and `safe_length` (Eq. 1), the losses (`capsjax.losses`: margin loss, Eq. 4, and the
+reconstruction loss), the routing rules (`capsjax.routing`), and trained models (`fit`, `load`,
+`TrainedModel`, `Prediction`, from `capsjax.api`, imported when first used).
+"""
+
+from capsjax import routing
+from capsjax.nn import (BaselineCNN, CapsNet, CapsNetOutput, count_params, losses, safe_length,
+                        squash)
 
 __version__ = "0.1.0"
 __all__ = ["BaselineCNN", "CapsNet", "CapsNetOutput", "Prediction", "TrainedModel", "count_params",

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from capsjax import archs
-from capsjax import config as config_lib
-from capsjax import data, steps
-from capsjax import train as train_lib
+from capsjax.data import storage
+from capsjax.nn.objective import Outputs
+from capsjax.train import archs, loop, model_state, presets, steps
+from capsjax.train import config as config_lib
 
 
 class Prediction(NamedTuple):
@@ -45,7 +45,7 @@ class TrainedModel:
   def __init__(self, graphdef, state, meta: dict[str, Any], batch_size: int = 100):
     self.graphdef, self.state = graphdef, state
     self.step = int(meta["step"])
-    self.config = train_lib.config_from_saved(meta["config"], report=lambda _: None)
+    self.config = model_state.config_from_saved(meta["config"], report=lambda _: None)
     self.settings = dict(meta["model"])
     self.arch = archs.of_settings(self.settings)
     self.batch_size = batch_size
@@ -56,7 +56,7 @@ class TrainedModel:
 
   @property
   def model(self):
-    """The restored network (an NNX module: `capsjax.CapsNet` or `capsjax.cnn.BaselineCNN`)."""
+    """The restored network (an NNX module: `capsjax.CapsNet` or `capsjax.nn.cnn.BaselineCNN`)."""
     return nnx.merge(self.graphdef, self.state)
 
   def _batch(self, images) -> np.ndarray:
@@ -67,11 +67,11 @@ class TrainedModel:
     if images.ndim != 4 or images.shape[1:] != self.input_shape:
       raise ValueError(f"images must have shape [B, {', '.join(map(str, self.input_shape))}] or "
                        f"[{', '.join(map(str, self.input_shape))}], got {images.shape}.")
-    data.check_batch(images, np.zeros(len(images), np.int32), self.num_classes)
+    storage.check_batch(images, np.zeros(len(images), np.int32), self.num_classes)
     return images
 
-  def outputs(self, images) -> archs.Outputs:
-    """The network's test-time outputs (numpy; see `capsjax.archs.Outputs`: scores, capsules,
+  def outputs(self, images) -> Outputs:
+    """The network's test-time outputs (numpy; see `capsjax.nn.objective.Outputs`: scores, capsules,
     reconstructions, routing couplings) of `images` as for `predict`."""
     images = self._batch(images)
     parts = []
@@ -81,12 +81,12 @@ class TrainedModel:
                                                chunk.dtype)])
       parts.append([None if x is None else np.asarray(x)[:len(chunk)]
                     for x in self._outputs(self.state, padded)])
-    return archs.Outputs(*(None if columns[0] is None else np.concatenate(columns)
+    return Outputs(*(None if columns[0] is None else np.concatenate(columns)
                            for columns in zip(*parts)))
 
   def predict(self, images) -> Prediction:
     """Classifies `images`: [B, H, W, C] or one [H, W, C]; uint8 (0..255, read as /255) or float
-    in [0, 1] (`capsjax.inputs`). ValueError (one line) for another shape, another dtype (int32,
+    in [0, 1] (`capsjax.nn.inputs`). ValueError (one line) for another shape, another dtype (int32,
     bool, ...: named) or float values outside [0, 1].
 
     Runs in fixed-size batches (the last one padded), so any B compiles once.
@@ -107,7 +107,7 @@ def load(workdir: str | os.PathLike, step: int | None = None, *,
          batch_size: int = 100) -> TrainedModel:
   """The model of checkpoint `step` (default: the newest complete one) of `workdir`, ready to
   `predict`. ValueError (one line) for a workdir without checkpoints or a damaged one."""
-  graphdef, state, meta = train_lib.load_for_eval(workdir, step, report=lambda _: None)
+  graphdef, state, meta = model_state.load_for_eval(workdir, step, report=lambda _: None)
   return TrainedModel(graphdef, state, meta, batch_size=batch_size)
 
 
@@ -133,7 +133,7 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
     the final test metrics, as `capsjax train` prints them.
   """
   if isinstance(config, str):
-    config = config_lib.get_preset(config)
+    config = presets.get(config)
   fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
   unknown = sorted(set(overrides) - fields)
   if unknown:
@@ -146,4 +146,4 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
   if train_examples is not None:
     overrides["train_examples"] = train_examples  # recorded: a resume without it is told
   config = dataclasses.replace(config, **overrides)
-  return train_lib.train(config, workdir, data_dir, progress=progress, tensorboard=tensorboard)
+  return loop.train(config, workdir, data_dir, progress=progress, tensorboard=tensorboard)

@@ -23,10 +23,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from capsjax import archs, data, datasets, pipeline
 from capsjax import routing as routing_lib
-from capsjax.errors import one_line as _one_line
-from capsjax.runtime import tune_host_allocator
+from capsjax.core.errors import one_line as _one_line
+from capsjax.data import datasets, pipeline, storage
+from capsjax.infra.runtime import tune_host_allocator
+from capsjax.train import archs
 from capsjax.viz import VIZ_EXAMPLES
 
 EXIT_USAGE = 2
@@ -177,10 +178,10 @@ def _viz(args) -> dict:
 
 def _train(args) -> dict:
   from capsjax import api
-  from capsjax import config as config_lib
-  from capsjax import distributed
+  from capsjax.infra import distributed
+  from capsjax.train import presets
 
-  config = config_lib.get_preset(args.config)
+  config = presets.get(args.config)
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          auto=args.distributed,
                          timeout_s=(distributed.DEFAULT_TIMEOUT_S if args.coordinator_timeout
@@ -252,16 +253,16 @@ def _test_count(args) -> int | str | None:
 
 
 def _eval(args) -> dict:
-  from capsjax import train as train_lib
+  from capsjax.train import evaluate
 
   _check_positive(args, "batch_size")
   count = _test_count(args)
   if args.dataset is not None:
     datasets.get(args.dataset, "test")
-  data_dir = data.resolve_data_dir(args.data_dir)  # absolute, resolved once
+  data_dir = storage.resolve_data_dir(args.data_dir)  # absolute, resolved once
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
-  return train_lib.evaluate_checkpoint(args.workdir, args.dataset, data_dir, count,
-                                       args.batch_size,
+  return evaluate.evaluate_checkpoint(args.workdir, args.dataset, data_dir, count,
+                                      args.batch_size,
                                        progress=not args.no_progress, step=args.step)
 
 
@@ -271,7 +272,7 @@ def _predict(args) -> int:
   import numpy as np
 
   from capsjax import api, images
-  from capsjax.inputs import to_float
+  from capsjax.nn.inputs import to_float
 
   model = api.load(args.workdir, args.step)
   out_dir = None
@@ -343,9 +344,9 @@ def _warn_in_one_line() -> None:
 
 
 def main(argv=None) -> int:
-  from capsjax.checkpoint import NonFiniteError
-  from capsjax.interrupt import TrainingInterrupted
-  from capsjax.workdir import StorageError
+  from capsjax.infra.checkpoint import NonFiniteError
+  from capsjax.infra.interrupt import TrainingInterrupted
+  from capsjax.infra.workdir import StorageError
 
   argv = sys.argv[1:] if argv is None else list(argv)
   args = _build_parser().parse_args(argv)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from capsjax.inputs import to_float
+from capsjax.nn.inputs import to_float
 
 FIGURES = ("reconstructions", "perturbations", "routing", "confusion", "curves", "multimnist",
            "samples", "affnist")
@@ -233,7 +233,7 @@ def _save(plt, fig, path: Path, title: str, dpi: int = 110) -> None:
 
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:
-  """`image` [H, W, C] or [H, W]: uint8 0..255 or float in [0, 1] (`capsjax.inputs.to_float`)."""
+  """`image` [H, W, C] or [H, W]: uint8 0..255 or float in [0, 1] (`capsjax.nn.inputs.to_float`)."""
   image = to_float(np.asarray(image))
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
@@ -419,12 +419,12 @@ def dataset_examples(name: str, config, split: str, data_dir, count: int | None,
   of dataset `name`'s `split` as the network sees them (training: with `key`'s randomness)."""
   import jax
 
-  from capsjax import datasets
+  from capsjax.data import datasets
 
   ds = datasets.get(name, split)
   stored = ds.load(split, data_dir, stored_limit)
   indices = datasets.subset(ds.size(split, stored), count, f"the {name} {split} set")
-  fn = jax.jit(ds.examples(config, split, stored))
+  fn = jax.jit(ds.builder(config, split, stored))
   parts = [jax.device_get(fn(key, stored.images, stored.labels, indices[i:i + 500]))
            for i in range(0, len(indices), 500)]
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
@@ -457,7 +457,10 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   `digit` outside the classes, `dims` outside 1..the capsules' dimension count, `test_examples`
   neither a positive integer nor "all", or more test examples than the set has.
   """
-  from capsjax import api, archs, data, datasets
+  from capsjax import api
+  from capsjax.data import storage
+  from capsjax.train import archs
+  from capsjax.data import datasets
 
   datasets.check_test_examples(test_examples)
 
@@ -481,7 +484,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   needs_data = [f for f in figures if f not in ("curves", "samples", "affnist")]
   images = labels = None
   if figures != ["curves"]:
-    data_dir = data.resolve_data_dir(data_dir)  # absolute, resolved once
+    data_dir = storage.resolve_data_dir(data_dir)  # absolute, resolved once
   if needs_data:
     if test_examples is None:  # the run's own number (as `capsjax eval`), at most VIZ_EXAMPLES
       count = model.config.test_examples
@@ -589,7 +592,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 def _sample_rows(dataset: str, config, data_dir) -> list:
   """`samples`: 12 training examples (drawn with the data keys of training steps 0 and 1, where
   they have randomness) and 12 test examples."""
-  from capsjax import datasets, streams
+  from capsjax.data import datasets
+  from capsjax.core import streams
 
   rows = []
   base = streams.run_keys(config.seed)

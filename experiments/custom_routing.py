@@ -34,7 +34,7 @@ def tempered_routing(u_hat, *, num_iters=3, temperature=0.5):
   b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
   for it in range(num_iters):
     c = jax.nn.softmax(b / temperature, axis=-1)
-    v = capsjax.squash(jnp.einsum("ij,ijd->jd", c, u_hat))
+    v = capsjax.core.squash(jnp.einsum("ij,ijd->jd", c, u_hat))
     if it < num_iters - 1:
       b = b + jnp.einsum("ijd,jd->ij", u_hat, v)
   return capsjax.routing.RoutingResult(v=v, c=c)

@@ -20,10 +20,11 @@ from pathlib import Path
 import jax
 
 from capsjax import routing
-from capsjax.config import get_preset
-from capsjax.model import count_params
-from capsjax.runtime import tune_host_allocator
-from capsjax.train import create_state, train
+from capsjax.infra.runtime import tune_host_allocator
+from capsjax.nn.model import count_params
+from capsjax.train import presets
+from capsjax.train.loop import train
+from capsjax.train.model_state import create_state
 from readme_block import replace_block
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -32,7 +33,7 @@ START, END = "<!-- routing-accuracy:start -->", "<!-- routing-accuracy:end -->"
 
 def run_rule(rule: str, args) -> dict:
   """Trains the preset with `rule`; returns its row (accuracy, wall time, params)."""
-  config = dataclasses.replace(get_preset(args.config), routing=rule)
+  config = dataclasses.replace(presets.get(args.config), routing=rule)
   if args.max_steps:
     config = dataclasses.replace(config, max_steps=args.max_steps)
   workdir = args.out / "runs" / rule

@@ -29,14 +29,16 @@ from typing import Any
 
 import jax
 
-from capsjax import config as config_lib
 from capsjax import data
-from capsjax.config import TrainConfig, get_preset
-from capsjax.errors import one_line
-from capsjax.interrupt import TrainingInterrupted
-from capsjax.model import count_params
-from capsjax.runtime import tune_host_allocator
-from capsjax.train import create_model, train
+from capsjax.core.errors import one_line
+from capsjax.infra.interrupt import TrainingInterrupted
+from capsjax.infra.runtime import tune_host_allocator
+from capsjax.nn.model import count_params
+from capsjax.train import presets
+from capsjax.train import config as config_lib
+from capsjax.train.config import TrainConfig
+from capsjax.train.loop import train
+from capsjax.train.model_state import create_model
 from readme_block import replace_block
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -161,7 +163,7 @@ def table(results: list[dict], preset_name: str, rows: list[str]) -> str:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="quick",
-                 help=f"one of {', '.join(config_lib.available_presets())}")
+                 help=f"one of {', '.join(presets.available())}")
   p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per row")
   p.add_argument("--rows", default=",".join(ROWS), help=f"some of {', '.join(ROWS)}")
   p.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
   tune_host_allocator()
-  preset = get_preset(args.preset)
+  preset = presets.get(args.preset)
   rows = [r for r in args.rows.split(",") if r]
   unknown = [r for r in rows if r not in ROWS]
   if unknown:

@@ -47,9 +47,16 @@ TINY_MODEL_ARGS = ["--model", "conv_channels=16", "--model", "primary_channels=4
                    "primary_dim=4", "--model", "digit_dim=6", "--model", "decoder_hidden=[32,64]"]
 
 
-def run_cli(*args, env=None, timeout=600):
-  """Runs `python -m capsjax.cli ARGS` to completion; returns the CompletedProcess (text)."""
-  return subprocess.run([sys.executable, "-m", "capsjax.cli", *args], capture_output=True,
+# The real CLI in a subprocess, and the same CLI with the faults of CAPSJAX_FAULT_* variables
+# installed by the tests' launcher (tests/faults.py).
+CLI = [sys.executable, "-m", "capsjax.cli"]
+FAULTY_CLI = [sys.executable, str(REPO / "tests" / "faults.py")]
+
+
+def run_cli(*args, env=None, timeout=600, program=CLI):
+  """Runs `program ARGS` (default: `python -m capsjax.cli ARGS`) to completion; returns the
+  CompletedProcess (text)."""
+  return subprocess.run([*program, *args], capture_output=True,
                         text=True, env={**os.environ, **(env or {})}, timeout=timeout)
 
 

@@ -1,26 +1,30 @@
 """The programs `capsjax train` and `capsjax eval` run, called the way they call them, for unit
 tests on a tiny network: the training loop's K-step chunk (`steps.make_train_chunk` over the
-split resident on the device, as `train._train_locked`) and the evaluation over the
-device-resident test split (`train.evaluate_indexed`, as `train.evaluate_checkpoint`)."""
+split resident on the device, as `capsjax.train.loop` runs it) and the evaluation over the
+device-resident test split (`evaluate_indexed`, as `capsjax.train.evaluate.evaluate_checkpoint`)."""
 
 import copy
 
 import jax
 import numpy as np
 
-from capsjax import data, datasets, pipeline, steps, streams, train
+from capsjax import data
+from capsjax.core import streams
+from capsjax.data import datasets, pipeline
+from capsjax.train import steps
+from capsjax.train.evaluate import evaluate_indexed
 
 
 class Trainer:
-  """`steps.make_train_chunk(graphdef, loss_fn, examples=examples)` (default: the stored rows,
+  """`steps.make_train_chunk(graphdef, loss_fn, builder=builder)` (default: the stored rows,
   `datasets.gather()`) over `split` on the device (`pipeline.DeviceResident`, batches of
   `batch_size` drawn by `seed`), with the run keys of `seed`: one compilation serves every call
   of up to `capacity` steps."""
 
   def __init__(self, graphdef, loss_fn, split: data.Split, batch_size: int, *, seed: int = 0,
-               examples=None, capacity: int = 8):
+               builder=None, capacity: int = 8):
     self.program = steps.make_train_chunk(graphdef, loss_fn,
-                                          examples=examples or datasets.gather())
+                                          builder=builder or datasets.gather())
     self.split, self.batch_size, self.capacity = split, batch_size, capacity
     self.source = pipeline.DeviceResident(split, batch_size, seed, capacity)
     self.keys = streams.run_keys(seed)
@@ -40,10 +44,10 @@ class Trainer:
 
 
 def evaluate(graphdef, state, loss_fn, split: data.Split, batch_size: int, indices=None,
-             examples=None) -> dict:
-  """`train.evaluate_indexed` of `steps.make_eval_step(graphdef, loss_fn, examples)` (default:
+             builder=None) -> dict:
+  """`evaluate_indexed` of `steps.make_eval_step(graphdef, loss_fn, builder)` (default:
   the stored rows) over examples `indices` (default: all) of `split` put on the device."""
-  eval_step = steps.make_eval_step(graphdef, loss_fn, examples or datasets.gather())
+  eval_step = steps.make_eval_step(graphdef, loss_fn, builder or datasets.gather())
   indices = np.arange(len(split)) if indices is None else np.asarray(indices)
-  return train.evaluate_indexed(eval_step, state, jax.device_put((split.images, split.labels)),
+  return evaluate_indexed(eval_step, state, jax.device_put((split.images, split.labels)),
                                 indices, batch_size)

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 import capsjax
-from capsjax import cli, data, images, steps
-from capsjax.config import TrainConfig
+from capsjax import cli, data, images
+from capsjax.train import steps
+from capsjax.train.config import TrainConfig
 from conftest import run_cli
 
 TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,

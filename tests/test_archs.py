@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import archs, cli, losses, routing
-from capsjax.archs import capsnet as capsnet_arch
-from capsjax.cnn import BaselineCNN
-from capsjax.layers import PrimaryCaps
-from capsjax.model import count_params
+from capsjax import cli, routing
+from capsjax.nn import losses
+from capsjax.nn.cnn import BaselineCNN
+from capsjax.nn.layers import PrimaryCaps
+from capsjax.nn.model import count_params
+from capsjax.train import archs, presets
+from capsjax.train.archs import capsnet as capsnet_arch
 from conftest import TINY_MODEL_ARGS, tiny_capsnet
 
 TINY_BASELINE = dict(conv_channels=(4, 4, 2), hidden=(8, 6))
@@ -214,14 +216,16 @@ def test_official_variant_trains_through_the_cli(tmp_path, data_dir):
 
 @pytest.mark.parametrize("name", ["quick", "hour", "paper", "baseline"])
 def test_every_preset_builds_the_papers_network(name):
-  from capsjax import config as config_lib
-  from capsjax import data, steps, train
+  from capsjax.train import config as config_lib
+  from capsjax import data
+  from capsjax.train import model_state
+  from capsjax.train import steps
 
-  assert name in config_lib.available_presets()
-  config = config_lib.get_preset(name).validate()
+  assert name in presets.available()
+  config = presets.get(name).validate()
   split = data.Split(np.zeros((1, 28, 28, 1), np.uint8), np.zeros(1, np.int32), 10)
-  settings = train.model_settings(config, split)
-  model = nnx.eval_shape(lambda: train.create_model(settings, config))
+  settings = model_state.model_settings(config, split)
+  model = nnx.eval_shape(lambda: model_state.create_model(settings, config))
   assert count_params(model) == {"capsnet": 8_215_568, "baseline": 35_445_522}[config.arch]
   if name == "hour":  # 2.9 epochs at batch 32, annealed to 1.35e-4
     assert config.total_steps(60_000) == 5500 and config.batch_size == 32

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from capsjax import multimnist
+from capsjax.data import multimnist
 from conftest import REPO
 
 TINY_MODEL = json.dumps(dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import steps, train
-from capsjax.checkpoint import MANIFEST, Checkpointer, CheckpointError, NonFiniteError
-from capsjax.config import TrainConfig
+from capsjax.infra.checkpoint import CheckpointError, Checkpointer, MANIFEST, NonFiniteError
+from capsjax.train import loop, model_state, steps
+from capsjax.train.config import TrainConfig
 from conftest import tiny_capsnet
 
 TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
@@ -98,27 +98,27 @@ def test_model_mismatches_name_each_setting_and_default_missing_ones():
          "primary_dim": 4}
   saved = {"input_shape": [28, 28, 1], "num_classes": 10, "routing_iters": 3, "primary_dim": 8}
   # digit_dim is absent from the saved settings: it meant the default, 16, so it matches.
-  assert train.model_mismatches(saved, now) == [
+  assert model_state.model_mismatches(saved, now) == [
       "num_classes: checkpoint 10 vs now 3", "primary_dim: checkpoint 8 vs now 4"]
-  assert train.model_mismatches(saved, saved) == []
+  assert model_state.model_mismatches(saved, saved) == []
   # A TrainConfig field with a default factory (here `model`) also defaults when missing.
-  assert train.model_mismatches({**saved, "model": {}}, saved) == []
+  assert model_state.model_mismatches({**saved, "model": {}}, saved) == []
   with pytest.raises(ValueError, match=r"different model \(num_classes: checkpoint 10 vs now 3; "
                      r"primary_dim: checkpoint 8 vs now 4\)"):
-    train._check_resumable(saved, now, "w")
+    model_state.check_resumable(saved, now, "w")
 
 
 def test_routing_rule_and_options_are_model_settings():
   base = {"input_shape": [28, 28, 1], "num_classes": 10, "routing_iters": 3}
   # A checkpoint from before the routing kit recorded neither: it meant dynamic, no options.
-  assert train.model_mismatches(base, {**base, "routing": "dynamic", "routing_options": {}}) == []
-  assert train.model_mismatches(base, {**base, "routing": "uniform"}) == [
+  assert model_state.model_mismatches(base, {**base, "routing": "dynamic", "routing_options": {}}) == []
+  assert model_state.model_mismatches(base, {**base, "routing": "uniform"}) == [
       "routing: checkpoint 'dynamic' vs now 'uniform'"]
-  assert train.model_mismatches({**base, "routing_options": {"leaky": True}}, base) == [
+  assert model_state.model_mismatches({**base, "routing_options": {"leaky": True}}, base) == [
       "routing_options: checkpoint {'leaky': True} vs now {}"]
   # Nor did it record the network, which was CapsNet; a baseline is a different model.
-  assert train.model_mismatches(base, {**base, "arch": "capsnet"}) == []
-  assert train.model_mismatches(base, {**base, "arch": "baseline"}) == [
+  assert model_state.model_mismatches(base, {**base, "arch": "capsnet"}) == []
+  assert model_state.model_mismatches(base, {**base, "arch": "baseline"}) == [
       "arch: checkpoint 'capsnet' vs now 'baseline'"]
 
 
@@ -135,15 +135,15 @@ def _config(**overrides):
 
 
 def _final(workdir):
-  _, state, meta = train.load_for_eval(workdir, with_optimizer=True)
+  _, state, meta = model_state.load_for_eval(workdir, with_optimizer=True)
   return meta["step"], jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
 
 def test_api_resume_mid_schedule_is_bit_exact(tmp_path, data_dir):
   kw = dict(data_dir=data_dir, train_limit=32, test_limit=16, progress=False)
-  train.train(_config(), tmp_path / "whole", **kw)
-  train.train(_config(max_steps=3), tmp_path / "split", **kw)
-  train.train(_config(), tmp_path / "split", **kw)
+  loop.train(_config(), tmp_path / "whole", **kw)
+  loop.train(_config(max_steps=3), tmp_path / "split", **kw)
+  loop.train(_config(), tmp_path / "split", **kw)
   (step_a, a), (step_b, b) = _final(tmp_path / "whole"), _final(tmp_path / "split")
   assert step_a == step_b == 6
   jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -15,8 +15,8 @@ import pytest
 from flax import nnx
 
 from capsjax import cli
-from capsjax import config as config_lib
-from capsjax import train as train_lib
+from capsjax.train import model_state, presets
+from capsjax.train import config as config_lib
 from conftest import TINY_MODEL_ARGS, run_cli as _run
 
 SMOKE = ["--batch-size", "8", "--train-examples", "512", "--test-examples", "64",
@@ -43,7 +43,7 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   # config.json holds the preset with the flags applied, and reads back as the same TrainConfig;
   # --test-examples and --train-examples are recorded too (eval and viz of the run default to
   # the first; a resume without the second is told the data changed).
-  expected = dataclasses.replace(config_lib.get_preset("quick"), max_steps=3, batch_size=8,
+  expected = dataclasses.replace(presets.get("quick"), max_steps=3, batch_size=8,
                                  checkpoint_every=2, keep_checkpoints=2, test_examples=64,
                                  train_examples=512)
   stored = json.loads((workdir / "config.json").read_text())
@@ -212,7 +212,7 @@ def test_epochs_eval_every_routing_options_and_progress_bar(epoch_run):
   # VALUE is JSON (false) or a Python literal (True); both reach the model as bools.
   options = {"leaky": True, "stop_gradient": False}
   assert stored["model"]["routing_options"] == options
-  graphdef, state, meta = train_lib.load_for_eval(workdir)  # the model alone
+  graphdef, state, meta = model_state.load_for_eval(workdir)  # the model alone
   assert meta["model"]["routing_options"] == options
   model = nnx.merge(graphdef, state)
   assert model.digits.options == options and model.digits.vote_chunk_size is None
@@ -227,7 +227,7 @@ def test_vote_chunk_size_run_matches_the_plain_run(epoch_run, tmp_path, data_dir
   assert "train mnist" not in err and "eval: " not in err  # --no-progress: no bars
   runs = {}
   for name, workdir in (("plain", plain_dir), ("chunked", tmp_path)):
-    graphdef, state, _ = train_lib.load_for_eval(workdir)
+    graphdef, state, _ = model_state.load_for_eval(workdir)
     runs[name] = (_records(workdir, "test"), nnx.merge(graphdef, state), state)
   (plain_tests, plain_model, plain_state), (chunked_tests, chunked_model, chunked_state) = (
       runs["plain"], runs["chunked"])

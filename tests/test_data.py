@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capsjax import cli, data, pipeline
+from capsjax import cli, data
+from capsjax.data import pipeline
 from conftest import copy_of_mnist
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy import io as sio
 
-from capsjax import cli, data, datasets, multimnist
-from capsjax.config import TrainConfig
-from capsjax.datasets import affnist, expanded_mnist
-from capsjax.datasets import multimnist as multimnist_dataset
+from capsjax import cli, data
+from capsjax.data import affnist, datasets, expanded_mnist, multimnist
+from capsjax.data import multimnist as multimnist_dataset
+from capsjax.train.config import TrainConfig
 from conftest import TINY_MODEL_ARGS, run_cli
 
 CONFIG = TrainConfig(max_steps=1)
@@ -49,8 +49,8 @@ def test_subset_spreads_evenly_and_refuses_more_than_the_set():
 def test_expanded_mnist_shifts_within_six_and_keeps_the_digit():
   images, labels = _digits()
   stored = data.Split(images, labels, 10)
-  train = jax.jit(expanded_mnist.examples(CONFIG, "train", stored))
-  test = jax.jit(expanded_mnist.examples(CONFIG, "test", stored))
+  train = jax.jit(expanded_mnist.builder(CONFIG, "train", stored))
+  test = jax.jit(expanded_mnist.builder(CONFIG, "test", stored))
   index = jnp.arange(64)
   x, y = train(jax.random.key(3), images, labels, index)
   assert x.shape == (64, 40, 40, 1) and np.array_equal(y, labels)
@@ -93,7 +93,7 @@ def test_affnist_style_set_is_fixed_and_32_per_digit():
   stored = data.Split(images, labels, 10)
   ds = datasets.get("affnist_style")
   assert ds.size("test", stored) == 640
-  fn = jax.jit(ds.examples(CONFIG, "test", stored))
+  fn = jax.jit(ds.builder(CONFIG, "test", stored))
   x, y = fn(None, images, labels, jnp.array([0, 31, 32, 639]))
   assert x.shape == (4, 40, 40, 1) and list(y) == [labels[0], labels[0], labels[1], labels[19]]
   x2, _ = fn(None, images, labels, jnp.array([0, 31, 32, 639]))
@@ -230,7 +230,7 @@ def test_multimnist_through_the_loop_matches_the_generator(tmp_path, data_dir):
   # The dataset's training examples are `multimnist.pairing`'s pairs of the seed's key.
   mnist = data.load_split("mnist", "train", data_dir, limit=200)
   ds = datasets.get("multimnist")
-  x, (labels, digits) = ds.examples(TrainConfig(max_steps=1), "train", mnist)(
+  x, (labels, digits) = ds.builder(TrainConfig(max_steps=1), "train", mnist)(
       None, mnist.images, mnist.labels, jnp.array([0, 199_999]))
   pair = multimnist.pairing(mnist.labels)
   key = multimnist_dataset.pair_key(0, "train")

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from capsjax.train import load_for_eval
-from capsjax.workdir import WorkdirLock
-from conftest import TINY_MODEL_ARGS
+from capsjax.train.model_state import load_for_eval
+from capsjax.infra.workdir import WorkdirLock
+from conftest import FAULTY_CLI, TINY_MODEL_ARGS
 
 ONE_DEVICE = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}  # each process: one CPU device
 
@@ -193,7 +193,7 @@ def test_a_workdir_removed_before_a_save_ends_every_process(tmp_path, data_dir, 
   with another line: "could not save checkpoint 3 in '.../w/checkpoints': no such file or
   directory; ...".)"""
   workdir, go_on = tmp_path / "w", tmp_path / "go_on"
-  args = _train_args(workdir, data_dir, 6)
+  args = [*FAULTY_CLI, *_train_args(workdir, data_dir, 6)[3:]]  # the CLI with the test's faults
   procs = _start_processes([args, args], {
       **cli_env, "CAPSJAX_FAULT_PAUSE_AFTER_STEP": "3", "CAPSJAX_FAULT_CONTINUE_FILE": str(go_on)})
   try:
@@ -248,9 +248,9 @@ def test_only_process_0_decides_which_checkpoint_is_good(tmp_path, data_dir, cli
 
 _DECIDE_SCRIPT = """
 import json, sys
-from capsjax import distributed
-from capsjax.errors import one_line
-from capsjax.workdir import StorageError
+from capsjax.infra import distributed
+from capsjax.core.errors import one_line
+from capsjax.infra.workdir import StorageError
 flags = dict(zip(sys.argv[1::2], sys.argv[2::2]))  # the flags _start_processes adds
 distributed.initialize(flags["--coordinator-address"], 2, int(flags["--process-id"]),
                        timeout_s=60)

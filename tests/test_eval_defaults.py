@@ -10,7 +10,8 @@ import sys
 import pytest
 
 import capsjax
-from capsjax import cli, train, viz
+from capsjax import cli, viz
+from capsjax.train import model_state
 from conftest import TINY_MODEL_ARGS, run_cli
 
 TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
@@ -86,13 +87,13 @@ def test_eval_on_another_dataset_takes_as_many_examples_as_the_run(mnist_run, da
   assert record["dataset"] == "fashion_mnist" and record["test_examples"] == 40
   # A run that recorded no count (an older run) evaluated its whole set, 10,000 MNIST images:
   # that many of the other set.
-  load = train.load_for_eval
+  load = model_state.load_for_eval
 
   def unrecorded(*args, **kwargs):
     graphdef, state, meta = load(*args, **kwargs)
     return graphdef, state, {**meta, "config": {**meta["config"], "test_examples": None}}
 
-  monkeypatch.setattr(train, "load_for_eval", unrecorded)
+  monkeypatch.setattr(model_state, "load_for_eval", unrecorded)
   assert cli.main(base) == 0
   assert _last_record(capsys)["test_examples"] == 10_000
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import cli, train
-from capsjax.checkpoint import MANIFEST, Checkpointer, _manifest
-from capsjax.config import TrainConfig
+from capsjax import cli
+from capsjax.infra.checkpoint import Checkpointer, MANIFEST, _manifest
+from capsjax.train import loop, model_state
+from capsjax.train.config import TrainConfig
 
 TINY = dict(conv_channels=16, primary_channels=4, primary_dim=4, digit_dim=6,
             decoder_hidden=[32, 64])
@@ -23,7 +24,7 @@ def trained(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp("trained")
   config = TrainConfig(batch_size=8, max_steps=4, checkpoint_every=2, eval_batch_size=16,
                        model=TINY)
-  train.train(config, workdir, data_dir, train_limit=32, test_limit=16, progress=False)
+  loop.train(config, workdir, data_dir, train_limit=32, test_limit=16, progress=False)
   return workdir
 
 
@@ -34,8 +35,8 @@ def workdir(trained, tmp_path):
 
 
 def test_eval_restores_the_model_without_the_optimizer_state(trained):
-  _, model_state, meta = train.load_for_eval(trained)
-  _, full_state, full_meta = train.load_for_eval(trained, with_optimizer=True)
+  _, model_state, meta = model_state.load_for_eval(trained)
+  _, full_state, full_meta = model_state.load_for_eval(trained, with_optimizer=True)
   assert meta["step"] == full_meta["step"] == 4
   model_leaves = jax.tree.leaves(nnx.to_pure_dict(model_state))
   full_model_leaves = jax.tree.leaves(nnx.to_pure_dict(full_state)[0])
@@ -66,11 +67,11 @@ def test_config_with_unknown_and_missing_fields_loads_with_a_note(workdir):
 
   _edit_config(workdir, 4, edit)
   notes = []
-  _, _, meta = train.load_for_eval(workdir, report=notes.append)
+  _, _, meta = model_state.load_for_eval(workdir, report=notes.append)
   assert meta["step"] == 4
   assert notes == ["Note: the checkpoint's config has field(s) this version does not know, "
                    "ignored: old_name_of_a_field."]
-  config = train.config_from_saved(meta["config"], notes.append)
+  config = model_state.config_from_saved(meta["config"], notes.append)
   assert config.eval_every == 0 and config.plugins == []
 
 
@@ -107,12 +108,12 @@ def test_eval_falls_back_when_training_deletes_the_newest_checkpoint(workdir, mo
     return meta
 
   monkeypatch.setattr(Checkpointer, "read_meta", read_meta_then_lose_it)
-  _, _, meta = train.load_for_eval(workdir)
+  _, _, meta = model_state.load_for_eval(workdir)
   assert deleted == [4] and meta["step"] == 2
   monkeypatch.setattr(Checkpointer, "read_meta", read_meta_then_lose_it)
   deleted.clear()
   with pytest.raises(ValueError, match="checkpoint 2 in .* cannot be restored"):
-    train.load_for_eval(workdir, step=2)  # a step asked for by number is not swapped
+    model_state.load_for_eval(workdir, step=2)  # a step asked for by number is not swapped
 
 
 @pytest.mark.parametrize("rule, iterative", [("uniform", False), ("self_attention", False),
@@ -121,7 +122,7 @@ def test_routing_iters_blocks_resume_only_for_iterative_rules(rule, iterative):
   saved = {"routing": rule, "routing_iters": 3}
   now = {"routing": rule, "routing_iters": 1}
   expected = ["routing_iters: checkpoint 3 vs now 1"] if iterative else []
-  assert train.model_mismatches(saved, now) == expected
+  assert model_state.model_mismatches(saved, now) == expected
   # Another rule is another model, whatever the iterations.
   other = {"routing": "dynamic" if rule != "dynamic" else "uniform", "routing_iters": 1}
-  assert len(train.model_mismatches(saved, other)) == 2
+  assert len(model_state.model_mismatches(saved, other)) == 2

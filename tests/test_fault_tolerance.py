@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax.checkpoint import Checkpointer
-from capsjax.train import load_for_eval
-from conftest import TINY_MODEL_ARGS, run_cli
+from capsjax.infra.checkpoint import Checkpointer
+from capsjax.train.model_state import load_for_eval
+from conftest import FAULTY_CLI, TINY_MODEL_ARGS, run_cli
 
 STEPS = 6
 RUN = ["--batch-size", "8", "--train-examples", "32", "--test-examples", "16", "--no-progress",
@@ -92,7 +92,7 @@ def test_resume_keeps_the_runs_seed(tmp_path, cli_env, reference):
 def _start(workdir: Path, cli_env, **faults) -> subprocess.Popen:
   env = {**os.environ, **cli_env, **{f"CAPSJAX_FAULT_{k.upper()}": str(v) for k, v in
                                      faults.items()}}
-  return subprocess.Popen([sys.executable, "-m", "capsjax.cli", *_train_args(workdir)],
+  return subprocess.Popen([*FAULTY_CLI, *_train_args(workdir)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -178,7 +178,8 @@ def test_second_signal_exits_at_once_and_keeps_last_complete_checkpoint(
 def test_nan_stops_with_step_keeps_last_good_checkpoint_and_resumes(tmp_path, cli_env,
                                                                    reference):
   workdir = tmp_path / "run"
-  proc = run_cli(*_train_args(workdir), env={**cli_env, "CAPSJAX_FAULT_NAN_AT_STEP": "5"})
+  proc = run_cli(*_train_args(workdir), env={**cli_env, "CAPSJAX_FAULT_NAN_AT_STEP": "5"},
+                 program=FAULTY_CLI)
   assert proc.returncode == 1
   lines = [l for l in proc.stderr.splitlines() if not l.startswith(("WARNING", "capsjax fault"))]
   assert lines == [

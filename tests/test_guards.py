@@ -11,10 +11,11 @@ import optax
 import pytest
 from flax import nnx
 
-from capsjax import api, checkpoint, data
-from capsjax.archs import capsnet as capsnet_arch
-from capsjax.config import TrainConfig
-from capsjax.layers import DigitCaps
+from capsjax import api, data
+from capsjax.infra import checkpoint
+from capsjax.nn.layers import DigitCaps
+from capsjax.train.archs import capsnet as capsnet_arch
+from capsjax.train.config import TrainConfig
 from conftest import tiny_capsnet
 from real_path import Trainer
 

@@ -1,4 +1,4 @@
-"""What the networks read as images and labels (`capsjax.inputs`): uint8 is 0..255 and is divided
+"""What the networks read as images and labels (`capsjax.nn.inputs`): uint8 is 0..255 and is divided
 by 255, floating point is [0, 1]; every other image dtype and every non-integer label dtype is
 refused with one ValueError naming the dtype, by the modules themselves and by the public
 functions around them."""
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import inputs, steps
-from capsjax.archs import capsnet as capsnet_arch
-from capsjax.cnn import BaselineCNN
+from capsjax.nn import inputs
+from capsjax.nn.cnn import BaselineCNN
+from capsjax.train import steps
+from capsjax.train.archs import capsnet as capsnet_arch
 from conftest import tiny_capsnet
 
 rng = np.random.default_rng(0)
@@ -132,7 +133,7 @@ def test_outputs_step_reads_uint8_and_refuses_int32():
 
 def test_tensorboard_grid_reads_uint8_as_0_to_255(tmp_path, monkeypatch):
   pytest.importorskip("tensorboardX")
-  from capsjax.tensorboard import TensorBoardWriter
+  from capsjax.train.tensorboard import TensorBoardWriter
 
   writer = TensorBoardWriter(tmp_path)
   grids = []
@@ -156,7 +157,7 @@ def test_the_modules_emit_no_deprecation_warning():
 
 def test_reconstruction_loss_reads_uint8_targets_as_0_to_255():
   """The public loss takes images too: uint8 targets are /255, not compared as 0..255."""
-  from capsjax import losses
+  from capsjax.nn import losses
   recon = np.full((3, 28, 28, 1), 0.5, np.float32)
   np.testing.assert_allclose(losses.reconstruction_loss(recon, UINT8),
                              losses.reconstruction_loss(recon, FLOAT), rtol=1e-5)

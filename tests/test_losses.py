@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from capsjax import archs, losses
-from capsjax.archs import capsnet as capsnet_arch
-from capsjax.config import TrainConfig
+from capsjax.nn import losses
+from capsjax.train import archs
+from capsjax.train.archs import capsnet as capsnet_arch
+from capsjax.train.config import TrainConfig
 from conftest import tiny_capsnet
 
 

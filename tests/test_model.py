@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 
 import capsjax
-from capsjax import conv
-from capsjax.archs import capsnet as capsnet_arch
+from capsjax.nn import conv
+from capsjax.train.archs import capsnet as capsnet_arch
 from conftest import tiny_capsnet
 from real_path import Trainer
 
@@ -175,8 +175,8 @@ def test_vote_chunk_size_gives_the_same_network_output_and_gradients():
 
   def loss(m):
     out = m(images, labels)
-    margin = capsjax.losses.margin_loss(out.lengths, jax.nn.one_hot(labels, 10))
-    return jnp.sum(margin + 0.0005 * capsjax.losses.reconstruction_loss(out.reconstructions,
+    margin = capsjax.nn.losses.margin_loss(out.lengths, jax.nn.one_hot(labels, 10))
+    return jnp.sum(margin + 0.0005 * capsjax.nn.losses.reconstruction_loss(out.reconstructions,
                                                                         images))
 
   grad = nnx.jit(nnx.grad(loss))
@@ -186,8 +186,9 @@ def test_vote_chunk_size_gives_the_same_network_output_and_gradients():
 
 
 def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
-  from capsjax import data, steps
-  from capsjax.checkpoint import Checkpointer
+  from capsjax import data
+  from capsjax.train import steps
+  from capsjax.infra.checkpoint import Checkpointer
 
   def state(seed):
     model = tiny_capsnet(seed, routing="em")
@@ -213,13 +214,15 @@ def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
 def test_paper_preset_builds_end_to_end():
   # The loop's programs built and traced at their real sizes (60,000 training images on the
   # device, K steps of batch 128 per dispatch; eval batches over the 10,000 test images), not run.
-  from capsjax import archs, data, datasets, steps, streams, train
-  from capsjax import config as config_lib
+  from capsjax import data
+  from capsjax.core import streams
+  from capsjax.data import datasets
+  from capsjax.train import archs, model_state, presets, steps
 
-  config = config_lib.get_preset("paper").validate()
+  config = presets.get("paper").validate()
   assert config.total_steps(60_000) == 100 * 468 and config.eval_every == 5 * 468
   split = data.Split(np.zeros((1, 28, 28, 1), np.uint8), np.zeros(1, np.int32), 10)
-  graphdef, state = train.create_state(train.model_settings(config, split), config)
+  graphdef, state = model_state.create_state(model_state.model_settings(config, split), config)
   model, optimizer = nnx.merge(graphdef, state)
   assert capsjax.count_params(model) == 8_215_568 and model.digits.num_iters == 3
   schedule = steps.make_schedule(config.learning_rate, config.decay_rate, config.decay_steps)
@@ -227,7 +230,7 @@ def test_paper_preset_builds_end_to_end():
   dataset = datasets.get(config.dataset)
   loss_fn = dataset.loss(archs.get(config.arch), config)
   chunk = steps.make_train_chunk(graphdef, loss_fn,
-                                 examples=dataset.examples(config, "train", split))
+                                 builder=dataset.builder(config, "train", split))
   stored = lambda n: (jax.ShapeDtypeStruct((n, 28, 28, 1), jnp.uint8),
                       jax.ShapeDtypeStruct((n,), jnp.int32))
   k = config.steps_per_dispatch or config.log_every
@@ -237,7 +240,7 @@ def test_paper_preset_builds_end_to_end():
       scalar, scalar, streams.run_keys(config.seed))
   chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
   assert result.metrics.loss.shape == (k,) and result.metrics.finite.shape == (k,)
-  eval_step = steps.make_eval_step(graphdef, loss_fn, dataset.examples(config, "test", split))
+  eval_step = steps.make_eval_step(graphdef, loss_fn, dataset.builder(config, "test", split))
   size = config.eval_batch_size or steps.default_eval_batch_size()  # None: the backend's
   metrics = jax.eval_shape(eval_step, state, *stored(10_000),
                            jax.ShapeDtypeStruct((size,), jnp.int32),

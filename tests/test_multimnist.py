@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsjax import multimnist
+from capsjax.data import multimnist
 from conftest import REPO
 
 N = 300
@@ -214,7 +214,7 @@ def test_example_counts_are_the_papers():
 
 
 def test_two_hot_and_the_two_digit_loss_on_hand_made_cases():
-  from capsjax import losses
+  from capsjax.nn import losses
   labels = jnp.array([[3, 7], [0, 9]])
   np.testing.assert_array_equal(losses.two_hot(labels, 10)[0],
                                 [0, 0, 0, 1, 0, 0, 0, 1, 0, 0])
@@ -249,7 +249,7 @@ def test_capsnet_takes_the_36x36_canvas_with_3200_primary_capsules(vote_chunk_si
   """The paper's network on MultiMNIST's canvas: 10x10x32 primary capsules, with the plain and
   the memory-efficient (chunked) votes giving the same capsules."""
   from flax import nnx
-  from capsjax.model import CapsNet
+  from capsjax.nn.model import CapsNet
   images, labels = _digits(20)
   p = _batch(images, labels, [0, 5_000])
   kwargs = {} if vote_chunk_size is None else {"vote_chunk_size": vote_chunk_size}

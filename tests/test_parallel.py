@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from capsjax import parallel
+from capsjax.infra import parallel
 from conftest import REPO, TINY_MODEL_ARGS, run_cli
 
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -18,11 +18,17 @@ FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from capsjax import data, datasets, parallel, pipeline, steps, streams
-    from capsjax.archs import capsnet as capsnet_arch
-    from capsjax.augment import shift_transform
-    from capsjax.config import TrainConfig
-    from capsjax.train import create_state, train
+    from capsjax import data
+    from capsjax.data import datasets
+    from capsjax.infra import parallel
+    from capsjax.data import pipeline
+    from capsjax.train import steps
+    from capsjax.core import streams
+    from capsjax.train.archs import capsnet as capsnet_arch
+    from capsjax.data.augment import shift_transform
+    from capsjax.train.config import TrainConfig
+    from capsjax.train.loop import train
+    from capsjax.train.model_state import create_state
 
     settings = {"arch": "capsnet", "input_shape": [28, 28, 1], "num_classes": 10,
                 "conv_channels": 16, "primary_channels": 4, "primary_dim": 4, "digit_dim": 6,

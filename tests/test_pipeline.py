@@ -1,5 +1,5 @@
 """K training steps per dispatch (`steps.make_train_chunk`) and the data sources of
-`capsjax.pipeline`: same steps as one dispatch each, no host-to-device copy inside a chunk, the
+`capsjax.data.pipeline`: same steps as one dispatch each, no host-to-device copy inside a chunk, the
 NaN guard inside the compiled loop, and the training loop on both sources."""
 
 import json
@@ -10,13 +10,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import data, datasets, pipeline, steps, streams
-from capsjax.archs import capsnet as capsnet_arch
-from capsjax.augment import shift_transform
-from capsjax.checkpoint import NonFiniteError
-from capsjax.config import TrainConfig
-from capsjax.train import train
+from capsjax import data
+from capsjax.core import streams
+from capsjax.data import datasets, pipeline
+from capsjax.data.augment import shift_transform
+from capsjax.infra import hooks
+from capsjax.infra.checkpoint import NonFiniteError
+from capsjax.train import steps
+from capsjax.train.archs import capsnet as capsnet_arch
+from capsjax.train.config import TrainConfig
+from capsjax.train.loop import train
 from conftest import run_cli, tiny_capsnet
+from faults import FaultHooks
 from real_path import Trainer
 
 BATCH, N = 8, 64
@@ -67,13 +72,13 @@ def test_chunk_matches_one_dispatch_per_step(source_class):
   1: same batches and keys); measured: equal to float32 rounding (two compiled programs)."""
   split = _split()
   graphdef, state = _state()
-  one_step = Trainer(graphdef, LOSS, split, BATCH, examples=SHIFTED, capacity=1)
+  one_step = Trainer(graphdef, LOSS, split, BATCH, builder=SHIFTED, capacity=1)
   reference, losses = state, []
   for s in range(2, 7):
     reference, r = one_step(reference, s, 1)
     losses.append(float(r.metrics.loss[0]))
   _, state = _state()
-  chunk_fn = steps.make_train_chunk(graphdef, LOSS, examples=SHIFTED)
+  chunk_fn = steps.make_train_chunk(graphdef, LOSS, builder=SHIFTED)
   source = source_class(split, BATCH, seed=0, capacity=8)
   state, result = chunk_fn(state, *source.chunk(2, 5), KEYS)
   assert int(result.steps_run) == 5 and int(result.bad_step) == 0
@@ -85,7 +90,7 @@ def test_chunk_matches_one_dispatch_per_step(source_class):
 def test_device_and_host_sources_give_identical_chunks():
   split = _split()
   graphdef, state = _state()
-  chunk_fn = steps.make_train_chunk(graphdef, LOSS, examples=SHIFTED)
+  chunk_fn = steps.make_train_chunk(graphdef, LOSS, builder=SHIFTED)
   results = []
   for source_class in (pipeline.DeviceResident, pipeline.HostBatches):
     _, state = _state()
@@ -99,7 +104,7 @@ def test_no_host_to_device_copy_inside_a_chunk():
   runs under `jax.transfer_guard("disallow")`; a host array would have been copied implicitly."""
   split, base_keys = _split(), jax.device_put(KEYS)
   graphdef, state = _state()
-  chunk_fn = steps.make_train_chunk(graphdef, LOSS, examples=SHIFTED)
+  chunk_fn = steps.make_train_chunk(graphdef, LOSS, builder=SHIFTED)
   chunk = pipeline.DeviceResident(split, BATCH, 0, 4).chunk(0, 4)
   with jax.transfer_guard("disallow"):
     state, result = chunk_fn(state, *chunk, base_keys)
@@ -126,7 +131,7 @@ def test_non_finite_step_leaves_the_last_good_state_and_ends_the_chunk():
     marked = jnp.all(jnp.round(images[0] * 255) == split.images[target])
     return out._replace(total=out.total + jnp.where(marked, jnp.nan, 0.0))
 
-  chunk_fn = steps.make_train_chunk(graphdef, loss_fn, examples=datasets.gather())
+  chunk_fn = steps.make_train_chunk(graphdef, loss_fn, builder=datasets.gather())
   _, reference = _state()  # steps 3 and 4 alone, in a chunk that ends before the bad one
   reference, r = chunk_fn(reference, *source.chunk(2, 2), KEYS)
   assert int(r.steps_run) == 2 and (np.asarray(r.metrics.finite[:2]) == 1.0).all()
@@ -180,6 +185,6 @@ def test_training_loop_is_the_same_on_either_source_and_any_chunk_size(tmp_path,
 
 def test_nan_inside_a_chunk_stops_with_the_step_and_keeps_the_last_checkpoint(
     tmp_path, data_dir, monkeypatch):
-  monkeypatch.setenv("CAPSJAX_FAULT_NAN_AT_STEP", "11")
+  monkeypatch.setattr(hooks, "_installed", FaultHooks(nan_at_step=11))
   with pytest.raises(NonFiniteError, match="at step 11 .*last good checkpoint is step 8"):
     _run(tmp_path, "nan", data_dir, steps_per_dispatch=4)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import archs, data, datasets
-from capsjax.config import TrainConfig
-from capsjax.train import create_state
+from capsjax import data
+from capsjax.data import datasets
+from capsjax.train import archs
+from capsjax.train.config import TrainConfig
+from capsjax.train.model_state import create_state
 from conftest import run_cli, tiny_capsnet
 from real_path import Trainer
 
@@ -66,7 +68,7 @@ def test_bf16_training_keeps_parameters_and_optimizer_state_float32():
                      rng.integers(0, 10, 8).astype(np.int32), 10)
   mnist = datasets.get("mnist")
   trainer = Trainer(graphdef, mnist.loss(archs.get("capsnet"), config), split, 8,
-                    examples=mnist.examples(config, "train", split), capacity=3)
+                    builder=mnist.builder(config, "train", split), capacity=3)
   state, result = trainer(state, 0, 3)
   assert result.steps_run == 3 and (result.metrics.finite == 1.0).all()
   floats = {str(x.dtype) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)}

@@ -2,7 +2,7 @@ import platform
 
 import pytest
 
-from capsjax import runtime
+from capsjax.infra import runtime
 
 
 def test_tune_host_allocator_can_be_turned_off(monkeypatch):

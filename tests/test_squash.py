@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from capsjax import safe_length, squash
+from capsjax import safe_length
+from capsjax.core.squash import squash
 
 
 class SquashTest(chex.TestCase):

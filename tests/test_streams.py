@@ -1,4 +1,4 @@
-"""Independent random streams (`capsjax.streams`): every use of randomness draws from its own
+"""Independent random streams (`capsjax.core.streams`): every use of randomness draws from its own
 named stream of the run's seed, so no two uses share a key; a resumed run keeps its seed's
 streams (MultiMNIST pairs included)."""
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from capsjax import api, streams
-from capsjax.datasets import multimnist as multimnist_dataset
+from capsjax import api
+from capsjax.core import streams
+from capsjax.data import multimnist as multimnist_dataset
 from conftest import TINY_MODEL_ARGS, run_cli
 
 STEPS = 64

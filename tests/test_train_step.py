@@ -9,12 +9,14 @@ import pytest
 from flax import nnx
 from jax.experimental import checkify
 
-from capsjax import augment, data, datasets, routing, steps
+from capsjax import data, routing
+from capsjax.data import augment, datasets
+from capsjax.data.augment import shift_transform
+from capsjax.infra.checkpoint import Checkpointer
 from capsjax.routing import registry
-from capsjax.checkpoint import Checkpointer
-from capsjax.archs import capsnet as capsnet_arch
-from capsjax.augment import shift_transform
-from capsjax.config import TrainConfig
+from capsjax.train import steps
+from capsjax.train.archs import capsnet as capsnet_arch
+from capsjax.train.config import TrainConfig
 from conftest import tiny_capsnet
 from real_path import Trainer, evaluate
 
@@ -112,9 +114,9 @@ def test_training_on_mnist_trains_on_randomly_shifted_images():
     x, y = datasets.gather()(None, images, labels, index)
     return augment.random_shift_batch(key, x, 2), y
 
-  shifting = mnist.examples(TrainConfig(max_shift=2), "train", split)
+  shifting = mnist.builder(TrainConfig(max_shift=2), "train", split)
   (a, result_a), (b, result_b) = [
-      Trainer(graphdef, LOSS, split, 8, examples=examples, capacity=2)(_copy(state), 0, 2)
+      Trainer(graphdef, LOSS, split, 8, builder=examples, capacity=2)(_copy(state), 0, 2)
       for examples in (shifting, shifted_rows)]
   # Equal up to float rounding (two compiled programs); Adam moves each weight by ~3e-3.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
@@ -123,13 +125,13 @@ def test_training_on_mnist_trains_on_randomly_shifted_images():
   index, key = np.arange(8), jax.random.key(5)
   rows = datasets.gather()(None, split.images, split.labels, index)[0]
   assert not np.array_equal(shifting(key, split.images, split.labels, index)[0], rows)
-  still = mnist.examples(TrainConfig(max_shift=0), "train", split)
+  still = mnist.builder(TrainConfig(max_shift=0), "train", split)
   np.testing.assert_array_equal(still(key, split.images, split.labels, index)[0], rows)
 
 
 def test_checkpoint_round_trip(tmp_path):
   graphdef, state = _state(seed=0)
-  trainer = Trainer(graphdef, LOSS, _split(), 8, examples=datasets.gather(shift_transform(2)),
+  trainer = Trainer(graphdef, LOSS, _split(), 8, builder=datasets.gather(shift_transform(2)),
                     capacity=2)
   state, _ = trainer(state, 0, 2)
   expected = jax.tree.map(np.array, nnx.to_pure_dict(state))
@@ -165,7 +167,7 @@ def _differs(a, b) -> bool:
 def test_training_is_deterministic_given_seed():
   graphdef, _ = _state()
   # one compilation
-  trainer = Trainer(graphdef, LOSS, _split(), 8, examples=datasets.gather(shift_transform(2)),
+  trainer = Trainer(graphdef, LOSS, _split(), 8, builder=datasets.gather(shift_transform(2)),
                     capacity=3)
 
   def train(seed: int, run_seed: int):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from capsjax.checkpoint import Checkpointer
-from capsjax.workdir import (StorageError, WorkdirBusyError, WorkdirLock, append_line,
-                             write_text_atomic)
-from conftest import run_cli
+from capsjax.infra.checkpoint import Checkpointer
+from capsjax.infra.workdir import (StorageError, WorkdirBusyError, WorkdirLock, append_line,
+                                   write_text_atomic)
+from conftest import FAULTY_CLI, run_cli
 from test_fault_tolerance import (_arrays, _assert_bit_identical, _resume, _tmp_dirs,
                                   _train_args, _wait_for, reference)  # noqa: F401 (fixture)
 
@@ -48,7 +48,7 @@ def _remount(path: Path, options: str) -> None:
 def _start(workdir: Path, cli_env, *extra, **faults) -> subprocess.Popen:
   env = {**os.environ, **cli_env,
          **{f"CAPSJAX_FAULT_{k.upper()}": str(v) for k, v in faults.items()}}
-  return subprocess.Popen([sys.executable, "-m", "capsjax.cli", *_train_args(workdir), *extra],
+  return subprocess.Popen([*FAULTY_CLI, *_train_args(workdir), *extra],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -185,7 +185,8 @@ def test_disk_filling_during_the_save(tmp_path, cli_env, reference):
   # Without the space check the save of checkpoint 4 starts and meets the real ENOSPC midway.
   with tmpfs(tmp_path / "disk", 2 * 1024) as disk:
     workdir = disk / "run"
-    proc = run_cli(*_train_args(workdir), env={**cli_env, "CAPSJAX_FAULT_SKIP_SPACE_CHECK": "1"})
+    proc = run_cli(*_train_args(workdir), env={**cli_env, "CAPSJAX_FAULT_SKIP_SPACE_CHECK": "1"},
+                   program=FAULTY_CLI)
     message = _assert_save_failed_cleanly(proc, proc.stderr, workdir, step=4, last=2)
     assert ": no space left on device (needs about " in message
     _remount(disk, "size=16m")
@@ -195,7 +196,8 @@ def test_disk_filling_during_the_save(tmp_path, cli_env, reference):
 
 def test_enospc_raised_inside_the_save_hook(tmp_path, cli_env, reference):
   workdir = tmp_path / "run"  # any file system: the fault hook raises the real OSError(ENOSPC)
-  proc = run_cli(*_train_args(workdir), env={**cli_env, "CAPSJAX_FAULT_ENOSPC_IN_SAVE": "4"})
+  proc = run_cli(*_train_args(workdir), env={**cli_env, "CAPSJAX_FAULT_ENOSPC_IN_SAVE": "4"},
+                 program=FAULTY_CLI)
   _assert_save_failed_cleanly(proc, proc.stderr, workdir, step=4, last=2)
   _resume(workdir, cli_env, expect_from=2)
   _assert_bit_identical(_arrays(workdir), reference["final"])

@@ -5,9 +5,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from capsjax.core.squash import squash
 from capsjax.routing.base import RoutingResult, check_num_iters, check_votes, weighted_sum
 from capsjax.routing.registry import register
-from capsjax.squash import squash
 
 
 def _couplings(b: jnp.ndarray, leaky: bool) -> jnp.ndarray:

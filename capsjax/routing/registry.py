@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 
-from capsjax.errors import one_line
-from capsjax.kinds import kind_name, same_kind
+from capsjax.core.errors import one_line
+from capsjax.core.kinds import kind_name, same_kind
 from capsjax.routing.base import ParamInit, RoutingRule
 
 ENTRY_POINT_GROUP = "capsjax.routing"

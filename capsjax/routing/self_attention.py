@@ -10,9 +10,9 @@ B [N_in, N_out] (zeros at init); v_j = squash_exp(s_j), the paper's squash (1 - 
 import jax
 import jax.numpy as jnp
 
+from capsjax.core.squash import safe_length
 from capsjax.routing.base import RoutingResult, check_votes, weighted_sum
 from capsjax.routing.registry import register
-from capsjax.squash import safe_length
 
 
 def squash_exp(s: jnp.ndarray, eps: float = 1e-7) -> jnp.ndarray:

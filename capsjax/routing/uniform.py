@@ -7,9 +7,9 @@ weighted sum (Sabour et al. Eq. 2) and squash (Eq. 1).
 
 import jax.numpy as jnp
 
+from capsjax.core.squash import squash
 from capsjax.routing.base import RoutingResult, check_votes, weighted_sum
 from capsjax.routing.registry import register
-from capsjax.squash import squash
 
 
 @register("uniform", iterative=False,

@@ -1,1 +1,0 @@
-"""Config presets, one file each; every file defines `get_config() -> TrainConfig`."""

@@ -1,0 +1,41 @@
+"""MNIST and Fashion-MNIST as stored in a TFDS data_dir, with the paper's random shift (§5)."""
+
+from capsjax.data import augment, storage
+from capsjax.data.dataset import Dataset, gather
+
+
+def tfds_loader(name: str):
+  """The `Dataset.load` of TFDS dataset `name`: `storage.load_split(name, split, data_dir, limit)`,
+  the stored split (its first `limit` examples) in memory."""
+
+  def load(split: str, data_dir, limit: int | None) -> storage.Split:
+    return storage.load_split(name, split, data_dir, limit=limit)
+
+  return load
+
+
+# The stored MNIST digits: what every MNIST-built set (expanded MNIST, MultiMNIST, affNIST-style)
+# loads and builds its examples from.
+load_mnist = tfds_loader("mnist")
+
+
+def builder(config, split: str, stored: storage.Split):
+  """Training: rows shifted by up to `config.max_shift` px (zero fill); test: the rows."""
+  del stored
+  return gather(augment.shift_transform(config.max_shift) if split == "train" else None)
+
+
+def loss(arch, config):
+  return arch.loss(config)
+
+
+def _size(split: str, stored: storage.Split) -> int:
+  return len(stored)
+
+
+MNIST = Dataset(name="mnist", description="MNIST, 28x28 (TFDS mnist), shifted by up to "
+                "max_shift px when training", splits=("train", "test"), load=load_mnist,
+                size=_size, builder=builder, loss=loss)
+FASHION_MNIST = Dataset(name="fashion_mnist", description="Fashion-MNIST, 28x28 (TFDS "
+                        "fashion_mnist), shifted like MNIST", splits=("train", "test"),
+                        load=tfds_loader("fashion_mnist"), size=_size, builder=builder, loss=loss)

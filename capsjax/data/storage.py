@@ -1,0 +1,175 @@
+"""Stored splits: a TFDS data_dir (array_record, read with `tfds.data_source`; no TensorFlow)
+read into memory, and the checks every stored or user-given batch passes.
+
+Each split is decoded once into uint8 numpy arrays held in memory (MNIST: 47 MB), so batches are
+plain fancy indexing: no per-step PNG decoding.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+SUPPORTED_DATASETS = ("mnist", "fashion_mnist")
+DATA_DIR_ENV = "TFDS_DATA_DIR"
+
+
+def check_batch(images, labels, num_classes: int) -> None:
+  """Raises ValueError (one line naming the problem) unless the batch is usable for training.
+
+  Args:
+    images: [B, H, W, C] with B >= 1; uint8 (0..255) or floating point, finite, in [0, 1].
+    labels: [B] integers in [0, num_classes).
+    num_classes: >= 2.
+  """
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or \
+      num_classes < 2:
+    raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+  images, labels = np.asarray(images), np.asarray(labels)
+  if images.ndim != 4:
+    raise ValueError(f"images must have shape [B, H, W, C], got shape {images.shape}.")
+  if images.shape[0] == 0:
+    raise ValueError("empty batch: images holds 0 examples; expected at least one.")
+  if np.issubdtype(images.dtype, np.floating):
+    nan, inf = int(np.isnan(images).sum()), int(np.isinf(images).sum())
+    if nan or inf:
+      raise ValueError(f"images contain {nan} NaN and {inf} Inf values; expected finite values "
+                       "in [0, 1].")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi > 1:
+      raise ValueError(f"float images must lie in [0, 1], got values from {lo:g} to {hi:g} "
+                       "(pass uint8 for 0..255).")
+  elif images.dtype != np.uint8:
+    raise ValueError(f"images must be uint8 (0..255) or floating point in [0, 1], got dtype "
+                     f"{images.dtype}.")
+  if labels.shape != images.shape[:1]:
+    raise ValueError(f"labels must have shape [{images.shape[0]}] (one class index per image), "
+                     f"got shape {labels.shape}.")
+  if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values from {labels.min()} "
+                     f"to {labels.max()}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in memory: images uint8 [N, H, W, C] (or float in [0, 1]), labels int32 [N].
+
+  Checked on construction with `check_batch`.
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+
+  def __post_init__(self):
+    check_batch(self.images, self.labels, self.num_classes)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+  """`data_dir`, else $TFDS_DATA_DIR, as an absolute path; raises ValueError if neither names a
+  non-empty folder.
+
+  Every reader of a data dir goes through this. A relative path is made absolute here, against
+  the current directory, once: callers keep the result, so links to the record files and later
+  reads do not depend on the directory they run in.
+  """
+  if data_dir is None:
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if not data_dir:
+      raise ValueError(f"no data dir given: pass --data-dir DIR or set {DATA_DIR_ENV} to a TFDS "
+                       "data_dir that holds mnist/3.0.1 (array_record).")
+  path = Path(data_dir).expanduser().absolute()
+  if not path.is_dir():
+    raise ValueError(f"data dir {str(path)!r} does not exist or is not a directory; expected a "
+                     "TFDS data_dir such as ../shared/tensorflow_datasets.")
+  if not any(path.iterdir()):
+    raise ValueError(f"data dir {str(path)!r} is empty; expected a TFDS data_dir with one folder "
+                     f"per dataset ({', '.join(SUPPORTED_DATASETS)}).")
+  if not any(path.glob("*/*/dataset_info.json")):
+    found = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+    raise ValueError(f"data dir {str(path)!r} is not a TFDS data_dir: it has no "
+                     f"DATASET/VERSION/dataset_info.json (found: {found}).")
+  return path
+
+
+def check_dataset(name: str) -> None:
+  """Raises ValueError unless `name` is a supported dataset."""
+  if name not in SUPPORTED_DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SUPPORTED_DATASETS)}.")
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
+               limit: int | None = None) -> Split:
+  """Reads and decodes a whole split (or its first `limit` examples) into memory.
+
+  Args:
+    name: "mnist" or "fashion_mnist".
+    split: "train" or "test" (any TFDS split string, e.g. "train[:10%]").
+    data_dir: TFDS data_dir; None means $TFDS_DATA_DIR.
+    limit: read only the first `limit` examples (tests, smoke runs).
+  Returns:
+    Split(images uint8 [N, 28, 28, 1], labels int32 [N], num_classes).
+  """
+  check_dataset(name)
+  path = resolve_data_dir(data_dir)
+  if not (path / name).is_dir():
+    present = sorted(p.name for p in path.iterdir() if p.is_dir())
+    raise ValueError(f"dataset {name!r} is not in data dir {str(path)!r} (found: "
+                     f"{', '.join(present) or 'nothing'}); prepare it with TFDS "
+                     f"(file_format=array_record) on a machine with internet.")
+  import tensorflow_datasets as tfds  # slow import; only when data is actually read
+
+  where = f"{name!r} split {split!r} in {str(path)!r}"
+  try:
+    source = tfds.data_source(name, split=split, data_dir=str(path), download=False)
+    _check_record_counts(source.dataset_info, split.split("[")[0])
+    n = len(source) if limit is None else min(limit, len(source))
+    if n == 0:
+      raise ValueError("the split has no examples.")
+    records = source.__getitems__(range(n))
+    images = np.stack([r["image"] for r in records]).astype(np.uint8)
+    labels = np.asarray([r["label"] for r in records], dtype=np.int32)
+    num_classes = _declared_num_classes(source.dataset_info)
+  except Exception as e:  # TFDS and array_record raise many types for damaged or missing files
+    raise ValueError(f"could not read {where}: {e}") from e
+  try:
+    return Split(images=images, labels=labels, num_classes=num_classes)
+  except ValueError as e:
+    raise ValueError(f"{where} does not match its dataset_info ({num_classes} classes): {e}"
+                     ) from e
+
+
+def _declared_num_classes(info) -> int:
+  """The class count in the dataset's own features.json (TFDS takes it from the builder's code,
+  so a features.json that disagrees with the labels would otherwise go unnoticed)."""
+  features = Path(info.data_dir) / "features.json"
+  if features.is_file():
+    spec = json.loads(features.read_text())
+    label = spec.get("featuresDict", {}).get("features", {}).get("label", {})
+    if "numClasses" in label.get("classLabel", {}):
+      return int(label["classLabel"]["numClasses"])
+  return info.features["label"].num_classes
+
+
+def _check_record_counts(info, split_name: str) -> None:
+  """Raises ValueError if the split's files hold another number of examples than
+  dataset_info.json declares (TFDS trusts the declared count and fails mid-read otherwise)."""
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  split_info = info.splits[split_name]
+  declared = sum(split_info.shard_lengths)
+  present = 0
+  for f in split_info.filepaths:
+    reader = ArrayRecordReader(str(f))
+    present += reader.num_records()
+    reader.close()
+  if present != declared:
+    raise ValueError(f"dataset_info.json declares {declared} examples but the files hold "
+                     f"{present}.")

@@ -1,0 +1,133 @@
+"""Flax NNX layers of CapsNet: Conv1, PrimaryCaps, DigitCaps (with routing) and the Decoder."""
+
+import functools
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from capsjax import routing as routing_lib
+from capsjax.core.squash import safe_length, squash
+from capsjax.nn import conv
+from capsjax.routing.base import RoutingResult
+
+
+class Conv2D(nnx.Module):
+  """VALID convolution computed as patches @ kernel (see `capsjax.nn.conv`).
+
+  Input [B, H, W, C_in] -> output [B, OH, OW, C_out]. Parameters: kernel [k, k, C_in, C_out]
+  (HWIO, LeCun-normal init, like `nnx.Conv`) and bias [C_out] (none if not `use_bias`).
+  `dtype`: the computation's dtype (e.g. bfloat16; None: the input's); parameters stay float32.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int = 1, *,
+               use_bias: bool = True, dtype: Any = None, rngs: nnx.Rngs):
+    init = jax.nn.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(),
+                                 (kernel_size, kernel_size, in_features, out_features)))
+    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+    self.stride, self.dtype = stride, dtype
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    dtype = self.dtype or x.dtype
+    bias = 0.0 if self.bias is None else self.bias[...].astype(dtype)
+    return conv.conv2d(x.astype(dtype), self.kernel[...].astype(dtype), bias, self.stride)
+
+
+class PrimaryCaps(nnx.Module):
+  """Convolutional capsules: conv (k x k, stride s) to channels*dim maps, reshape, squash.
+
+  Input [B, H, W, C_in] -> output [B, OH*OW*channels, dim] (for MNIST: [B, 1152, 8]).
+  `official`: the official code's form, squash(conv(x) / channels + b) with a conv without bias
+  and b [channels, dim] (its one routing iteration over `channels` outputs with one input gives
+  every coupling 1 / channels). `dtype`: the convolution's (the squash is float32).
+  """
+
+  def __init__(self, in_features: int, channels: int, dim: int, kernel_size: int, stride: int,
+               *, official: bool = False, dtype: Any = None, rngs: nnx.Rngs):
+    self.conv = Conv2D(in_features, channels * dim, kernel_size, stride, use_bias=not official,
+                       dtype=dtype, rngs=rngs)
+    self.capsule_bias = nnx.Param(jnp.zeros((channels, dim))) if official else None
+    self.channels, self.dim = channels, dim
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    y = self.conv(x).astype(jnp.float32)
+    if self.capsule_bias is None:
+      return squash(y.reshape(y.shape[0], -1, self.dim))
+    y = y.reshape(y.shape[0], -1, self.channels, self.dim) / self.channels + self.capsule_bias[...]
+    return squash(y.reshape(y.shape[0], -1, self.dim))
+
+
+class DigitCaps(nnx.Module):
+  """Fully connected capsules with routing (Eq. 2 votes, then the routing rule picked by name).
+
+  Input u [B, N_in, D_in] -> RoutingResult(v [B, N_out, D_out], c [B, N_in, N_out],
+  a [B, N_out] or None). W [N_in, N_out, D_out, D_in] holds one D_out x D_in matrix per (input,
+  output) capsule pair; a rule's learnable parameters (`capsjax.routing.register(init_params=)`)
+  live in `routing_params`. Rules that use activations get the input capsules' lengths. With
+  `bias`, a learnable b [N_out, D_out] is passed to the rule as `bias` (added to s_j before the
+  squash, as in the official code; `dynamic` accepts it).
+
+  `vote_chunk_size` (dynamic routing only) computes the votes `vote_chunk_size` input capsules at a
+  time inside the routing loop (`dynamic_routing_chunked`), so the [B, N_in, N_out, D_out] votes
+  tensor is never held whole: much less memory, same results, some extra compute.
+  `dtype` (e.g. bfloat16): the votes' matmul runs in it; the routing itself is float32.
+  """
+
+  def __init__(self, num_in: int, in_dim: int, num_out: int, out_dim: int, routing: str,
+               num_iters: int, routing_options: Mapping[str, Any] | None = None,
+               vote_chunk_size: int | None = None, *, bias: bool = False, dtype: Any = None,
+               rngs: nnx.Rngs):
+    options = dict(routing_options or {})
+    routing_lib.check_options(routing, options)
+    routing_lib.check_vote_chunking(routing, vote_chunk_size)
+    self.W = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_in, num_out, out_dim, in_dim)))
+    self.routing_params = nnx.Dict({
+        k: nnx.Param(v) for k, v in
+        routing_lib.init_params(routing, rngs.params(), num_in, num_out, out_dim).items()})
+    if bias:  # the official variant: s_j + b_j inside the rule (it must accept `bias`)
+      self.routing_params["bias"] = nnx.Param(jnp.zeros((num_out, out_dim)))
+    self.rule = routing_lib.info(routing)
+    self.num_iters = num_iters
+    self.options = options
+    self.vote_chunk_size = vote_chunk_size
+    self.dtype = dtype
+
+  def __call__(self, u: jnp.ndarray) -> RoutingResult:
+    W = self.W[...]
+    if self.vote_chunk_size is not None:
+      chunked = functools.partial(routing_lib.dynamic_routing_chunked, W=W,
+                                  num_iters=self.num_iters, chunk_size=self.vote_chunk_size,
+                                  dtype=self.dtype, **self.options)
+      return jax.vmap(chunked)(u)
+    params = {k: p[...] for k, p in self.routing_params.items()}
+    rule = functools.partial(self.rule.fn, num_iters=self.num_iters, **self.options, **params)
+    dtype = self.dtype or u.dtype
+    u_hat = jnp.einsum("ijdk,bik->bijd", W.astype(dtype), u.astype(dtype)  # Eq. 2
+                       ).astype(u.dtype)  # u_hat_j|i = W_ij u_i
+    if self.rule.uses_activations:
+      return jax.vmap(lambda votes, a: rule(votes, activations=a))(u_hat, safe_length(u))
+    return jax.vmap(rule)(u_hat)
+
+
+class Decoder(nnx.Module):
+  """MLP reconstructing the image from the masked DigitCaps (Fig. 2).
+
+  Input [B, N_out * D_out] -> output [B, H, W, C] in [0, 1] (sigmoid, float32). `dtype`: the
+  matmuls' (None: float32).
+  """
+
+  def __init__(self, in_features: int, hidden: Sequence[int], out_shape: Sequence[int], *,
+               dtype: Any = None, rngs: nnx.Rngs):
+    sizes = [in_features, *hidden, math.prod(out_shape)]
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
+    self.out_shape = tuple(out_shape)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    for layer in self.layers[:-1]:
+      x = jax.nn.relu(layer(x))
+    x = jax.nn.sigmoid(self.layers[-1](x).astype(jnp.float32))
+    return x.reshape(x.shape[0], *self.out_shape)

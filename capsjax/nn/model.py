@@ -1,0 +1,190 @@
+"""CapsNet (Sabour, Frosst & Hinton 2017, Fig. 1-2) as a Flax NNX module."""
+
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import checkify
+
+from capsjax.core.squash import safe_length
+from capsjax.nn import conv
+from capsjax.nn.inputs import check_label_dtype, network_images
+from capsjax.nn.layers import Conv2D, Decoder, DigitCaps, PrimaryCaps
+
+
+VARIANTS = ("paper", "official")
+
+
+class CapsNetOutput(NamedTuple):
+  """CapsNet outputs.
+
+  Attributes:
+    lengths: [B, classes] class scores: the DigitCaps lengths |v_k|, or the activations a_k of a
+      routing rule that carries them (em, inverted_dot_product).
+    v: [B, classes, digit_dim] DigitCaps.
+    reconstructions: [B, H, W, C] decoder output in [0, 1].
+    couplings: [B, N_primary, classes] the routing rule's final coupling coefficients c_ij
+      (Eq. 3; assignment probabilities for EM). Primary capsule i = (row * OW + col) *
+      primary_channels + type on the `CapsNet.primary_grid` (OH, OW, primary_channels).
+  """
+
+  lengths: jnp.ndarray
+  v: jnp.ndarray
+  reconstructions: jnp.ndarray
+  couplings: jnp.ndarray | None = None
+
+
+def _is_concrete(x: Any) -> bool:
+  """Whether `x` has values to read: not a tracer (inside jit, vmap, grad) nor a ShapeDtypeStruct.
+
+  `jax.core.Tracer` is public and not deprecated in JAX 0.10 (checked on 0.10.2: jax/core.py
+  exports it outside its deprecation table); `jax.core.is_concrete`, the other candidate, is
+  deprecated there and so is not used.
+  """
+  return not isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct))
+
+
+def check_labels(labels: Any, num_classes: int) -> None:
+  """Raises ValueError unless `labels` are integers (`capsjax.nn.inputs.check_label_dtype`: float
+  and bool refused, the dtype named) and, when concrete, lie in [0, num_classes).
+
+  Traced labels (inside `jax.jit`) have a dtype but no values to check: `CapsNet` then adds a
+  `checkify.debug_check`, which reports them under `checkify.checkify` and costs nothing otherwise.
+  capsjax's training loop checks each split's labels once, when it is loaded (`data.Split`).
+  """
+  check_label_dtype(labels)
+  if not _is_concrete(labels):
+    return
+  if isinstance(labels, jax.Array) and not labels.is_fully_addressable:  # multi-process: its part
+    arr = np.concatenate([np.asarray(s.data).ravel() for s in labels.addressable_shards])
+  else:
+    arr = np.asarray(labels)
+  if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values from {arr.min()} "
+                     f"to {arr.max()}.")
+
+
+class CapsNet(nnx.Module):
+  """Conv1 -> PrimaryCaps -> DigitCaps (routing) -> masked Decoder.
+
+  The defaults build the paper's MNIST network: 8,215,568 parameters, 6,804,224 without the
+  decoder. `model(images [B, H, W, C], labels [B] or None) -> CapsNetOutput`. With labels the
+  decoder sees the true class's capsule (training); without, the highest-scoring one (testing).
+  Images: uint8 0..255 (read as /255) or floating point in [0, 1] (`capsjax.nn.inputs`); labels:
+  integers in [0, num_classes). ValueError (one line) for another shape, an image dtype other
+  than those (int32, bool, ...: the dtype is named), labels of a float or bool dtype, or
+  concrete labels out of range; inside `jax.jit` the dtype and shape checks still raise.
+  `routing` names a registered rule (`capsjax.routing.available()`), `routing_options` its keyword
+  options; `vote_chunk_size` switches dynamic routing to the memory-efficient chunked votes.
+
+  `variant="official"` builds what the official TF1 code computes where it differs from the
+  paper (Sarasra/models, research/capsules): PrimaryCaps squash(conv / 32 + b) without a conv
+  bias; DigitCaps s_j + b_j before the squash in every routing iteration; truncated-normal
+  weights (stddev 0.05 for Conv1, 0.1 elsewhere) and every bias 0.1; and (in the loss,
+  `capsjax.train.archs.capsnet`) the margin loss halved and averaged over the classes. Needs routing
+  "dynamic" and no vote chunking. The official learning-rate schedule (continuous decay, floor
+  1e-6) is a training setting, not part of the variant: `TrainConfig(decay_staircase=False,
+  min_learning_rate=1e-6)`, as the `paper` preset sets it.
+
+  `dtype=jnp.bfloat16` runs the convolutions, the votes' matmul and the decoder's matmuls in
+  bfloat16 (mixed precision); parameters, the routing (its softmax), the squash and the outputs
+  stay float32. It is not a setting of the network: the parameters are the same either way.
+  """
+
+  def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
+               conv_channels: int = 256, conv_kernel: int = 9, primary_channels: int = 32,
+               primary_dim: int = 8, primary_kernel: int = 9, primary_stride: int = 2,
+               digit_dim: int = 16, routing: str = "dynamic", routing_iters: int = 3,
+               routing_options: Mapping[str, Any] | None = None,
+               vote_chunk_size: int | None = None,
+               decoder_hidden: Sequence[int] = (512, 1024), variant: str = "paper",
+               dtype: Any = None, rngs: nnx.Rngs):
+    if len(input_shape) != 3 or min(input_shape) < 1:
+      raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
+    if num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    if routing_iters < 1:
+      raise ValueError(f"routing_iters must be >= 1, got {routing_iters}.")
+    if variant not in VARIANTS:
+      raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
+    official = variant == "official"
+    if official and (routing != "dynamic" or vote_chunk_size is not None):
+      raise ValueError(f"variant 'official' needs routing 'dynamic' without vote chunking, got "
+                       f"routing {routing!r}, vote_chunk_size {vote_chunk_size}.")
+    h, w, c = input_shape
+    h1, w1 = conv.output_size(h, conv_kernel, 1), conv.output_size(w, conv_kernel, 1)
+    h2 = conv.output_size(h1, primary_kernel, primary_stride)
+    w2 = conv.output_size(w1, primary_kernel, primary_stride)
+    if min(h2, w2) < 1:
+      raise ValueError(f"input_shape {tuple(input_shape)} is too small for a {conv_kernel}x"
+                       f"{conv_kernel} conv followed by a {primary_kernel}x{primary_kernel} "
+                       f"stride-{primary_stride} conv.")
+    self.input_shape = tuple(int(s) for s in input_shape)
+    self.num_classes = num_classes
+    self.num_primary = h2 * w2 * primary_channels
+    self.primary_grid = (h2, w2, primary_channels)
+    self.conv1 = Conv2D(c, conv_channels, conv_kernel, 1, dtype=dtype, rngs=rngs)
+    self.primary = PrimaryCaps(conv_channels, primary_channels, primary_dim, primary_kernel,
+                               primary_stride, official=official, dtype=dtype, rngs=rngs)
+    self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, digit_dim, routing,
+                            routing_iters, routing_options, vote_chunk_size, bias=official,
+                            dtype=dtype, rngs=rngs)
+    self.decoder = Decoder(num_classes * digit_dim, decoder_hidden, self.input_shape,
+                           dtype=dtype, rngs=rngs)
+    self.variant = variant
+    if official:
+      self._initialise_as_official(rngs)
+
+  def _initialise_as_official(self, rngs: nnx.Rngs) -> None:
+    """The official code's initialisation (`variables.py`, `layers.reconstruction`): weights
+    from a normal truncated at 2 standard deviations (0.05 for Conv1, 0.1 for the others),
+    every bias 0.1."""
+    def normal(std: float, shape) -> jnp.ndarray:
+      return std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape)
+
+    weights = [(self.conv1.kernel, 0.05), (self.primary.conv.kernel, 0.1), (self.digits.W, 0.1),
+               *((layer.kernel, 0.1) for layer in self.decoder.layers)]
+    for param, std in weights:
+      param[...] = normal(std, param.shape)
+    biases = [self.conv1.bias, self.primary.capsule_bias, self.digits.routing_params["bias"],
+              *(layer.bias for layer in self.decoder.layers)]
+    for param in biases:
+      param[...] = jnp.full(param.shape, 0.1)
+
+  def _inputs(self, images: Any, labels: Any) -> jnp.ndarray:
+    """The checked images as float32 (`capsjax.nn.inputs`); checks `labels` (None: none)."""
+    x = network_images(images, self.input_shape)
+    if labels is None:
+      return x
+    batch = jnp.shape(images)[0]
+    if tuple(jnp.shape(labels)) != (batch,):
+      raise ValueError(f"labels must have shape [{batch}] (one integer class per image), got "
+                       f"{tuple(jnp.shape(labels))}.")
+    check_labels(labels, self.num_classes)  # the dtype always, the values when concrete
+    if not _is_concrete(labels):
+      checkify.debug_check(jnp.all((labels >= 0) & (labels < self.num_classes)),
+                           f"labels must lie in [0, {self.num_classes - 1}], got values from "
+                           "{lo} to {hi}.", lo=jnp.min(labels), hi=jnp.max(labels))
+    return x
+
+  def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None) -> CapsNetOutput:
+    x = jax.nn.relu(self.conv1(self._inputs(images, labels)))
+    u = self.primary(x)
+    v, couplings, activations = self.digits(u)
+    lengths = safe_length(v) if activations is None else activations
+    chosen = labels if labels is not None else jnp.argmax(lengths, axis=-1)
+    return CapsNetOutput(lengths=lengths, v=v, reconstructions=self.decode(v, chosen),
+                         couplings=couplings)
+
+  def decode(self, v: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """The decoder (Fig. 2) on DigitCaps `v` [B, classes, digit_dim] masked to `classes` [B]:
+    reconstructions [B, H, W, C] in [0, 1]."""
+    mask = jax.nn.one_hot(classes, self.num_classes, dtype=v.dtype)
+    return self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of scalar parameters (nnx.Param) in a module."""
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))

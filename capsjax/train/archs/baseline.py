@@ -1,0 +1,39 @@
+"""The paper's baseline CNN (§5) as a trainable `Arch`: softmax cross-entropy."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from capsjax.nn.cnn import BaselineCNN
+from capsjax.train.archs.arch import Arch, LossFn, Losses, Outputs, compute_dtype
+
+
+def create(settings: dict[str, Any], config, rngs: nnx.Rngs) -> BaselineCNN:
+  options = {k: v for k, v in settings.items() if k not in ("arch", "input_shape", "num_classes")}
+  return BaselineCNN(input_shape=tuple(settings["input_shape"]),
+                     num_classes=settings["num_classes"],
+                     dtype=compute_dtype(config.precision), rngs=rngs,
+                     **options)
+
+
+def loss(config) -> LossFn:
+  """Per-example softmax cross-entropy; dropout (drawn from `key`) only when training."""
+  del config
+
+  def fn(model: BaselineCNN, images, labels, *, train: bool, key=None) -> Losses:
+    logits = model(images, dropout_key=key if train else None)
+    return Losses(optax.softmax_cross_entropy_with_integer_labels(logits, labels), {}, logits)
+
+  return fn
+
+
+def outputs(model: BaselineCNN, images: jnp.ndarray) -> Outputs:
+  return Outputs(jax.nn.softmax(model(images)), None, None)
+
+
+ARCH = Arch(name="baseline", model_class=BaselineCNN, config_keys=(), create=create, loss=loss,
+            outputs=outputs,
+            description="the paper's baseline CNN (3 convs 5x5 256/256/128, FC 328/192, dropout)")

@@ -1,0 +1,104 @@
+"""Evaluation: the network's loss and accuracy over test examples, during training and from a
+checkpoint (`capsjax eval`).
+
+Both go through `evaluate_indexed`, which runs the compiled evaluation step over example indices
+of a test split resident on the device, so a run's in-training evaluation and `capsjax eval` of
+its checkpoint read the same examples in the same batches.
+"""
+
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from capsjax.data import datasets
+from capsjax.train import archs, metrics, model_state, steps
+
+
+def evaluate_indexed(eval_step, state, stored, indices: np.ndarray, batch_size: int,
+                     progress: bool = False, place: Callable[[Any], Any] | None = None
+                     ) -> dict[str, float]:
+  """Evaluation over examples `indices` of a dataset built on `stored` (device arrays (images,
+  labels)); `eval_step` is `steps.make_eval_step(graphdef, loss_fn, builder)`. The last batch is
+  padded with example 0 and masked, so every batch has one shape (one compilation).
+  `place(batch)` puts each (index, valid) batch on the devices
+  (`capsjax.infra.parallel.batch_placer`). Returns `metrics.summarise` of the batches."""
+  num_batches = -(-len(indices) // batch_size)
+  place = place or (lambda batch: batch)
+  results = []
+  for b in tqdm(range(num_batches), unit="batch", desc="eval", disable=not progress,
+                dynamic_ncols=True, leave=False):
+    index = np.zeros(batch_size, np.int32)
+    part = indices[b * batch_size:(b + 1) * batch_size]
+    index[:len(part)] = part
+    valid = np.arange(batch_size) < len(part)
+    result = eval_step(state, *stored, *place((index, valid)))
+    results.append(jax.block_until_ready(result) if progress else result)
+  return metrics.summarise(results)
+
+
+def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
+                        data_dir: str | None = None, test_examples: int | str | None = None,
+                        batch_size: int | None = None, progress: bool = False,
+                        step: int | None = None) -> dict[str, Any]:
+  """The test record (`metrics.test_record`, plus "dataset") of checkpoint `step` (default:
+  newest) of `workdir` on the test set of `dataset` (default: the one it was trained on), e.g. a network
+  trained on expanded_mnist evaluated on affnist_style.
+
+  `test_examples`: N (the first N of a stored set, N spread evenly over a built one, as in
+  training); "all": every example of the set (MultiMNIST: 10,000,000 pairs); None: the run's own
+  evaluation. On the run's own dataset that is the count it recorded (TrainConfig.test_examples;
+  a run that recorded none evaluated the whole set, and so does this). On another dataset the
+  same number of examples, at most that whole set: the recorded count, or the size of the run's
+  own test set if it recorded none (so an expanded_mnist run evaluates 10,000 affnist_style
+  examples, not all 320,000). With `progress`, a bar counts the examples out of that total.
+
+  Raises ValueError (one line) for an unknown dataset, a count that is not a positive integer or
+  "all", more test examples than the set has, or a dataset whose inputs differ in shape from
+  what the network takes.
+  """
+  datasets.check_test_examples(test_examples)
+  graphdef, state, meta = model_state.load_for_eval(workdir, step)
+  config = model_state.config_from_saved(meta["config"], report=lambda _: None)
+  name = dataset or config.dataset
+  chosen = datasets.get(name, "test")
+  settings = meta["model"]
+  # count None: the whole set; at_most: a default carried over to another set, cut to its size.
+  count, at_most = (None if test_examples == "all" else test_examples), False
+  if test_examples is None:
+    count, at_most = config.test_examples, name != config.dataset
+    if at_most and count is None:  # the run evaluated the whole of its own test set
+      own = datasets.get(config.dataset, "test")
+      count = own.size("test", own.load("test", data_dir, None))
+  stored = chosen.load("test", data_dir, count if chosen.host_batches and not at_most else None)
+  build = chosen.builder(config, "test", stored)
+  given = datasets.input_shape(build, stored)
+  expected = tuple(settings.get("input_shape", (28, 28, 1)))
+  if given != expected:
+    raise ValueError(f"the checkpoint in {str(workdir)!r} takes {'x'.join(map(str, expected))} "
+                     f"inputs (trained on {config.dataset}); dataset {name!r} gives "
+                     f"{'x'.join(map(str, given))}."
+                     " Evaluate it on a dataset of its input size.")
+  size = chosen.size("test", stored)
+  if at_most:
+    count = min(count, size)
+    size = count if chosen.host_batches else size  # a stored set: its first `count`
+  indices = datasets.subset(size, count, f"the {name} test set")
+  loss_fn = chosen.loss(archs.of_settings(settings), config)
+  eval_step = steps.make_eval_step(graphdef, loss_fn, build)
+  bar = tqdm(total=len(indices), unit="example", desc=f"eval {name} ({len(indices):,} examples)",
+             disable=not progress, dynamic_ncols=True, leave=False)
+
+  def counted(*args):  # the step of one batch; the bar advances by its valid examples
+    sums = eval_step(*args)
+    if progress:
+      jax.block_until_ready(sums)
+      bar.update(int(np.sum(args[-1])))  # args[-1]: the batch's valid mask (host numpy)
+    return sums
+
+  with bar:
+    result = evaluate_indexed(counted, state, jax.device_put((stored.images, stored.labels)),
+                              indices, batch_size or steps.default_eval_batch_size())
+  return {"dataset": name, **metrics.test_record(int(meta["step"]), result)}
