@@ -40,7 +40,19 @@ class Prediction(NamedTuple):
 
 
 class TrainedModel:
-  """A network restored from a workdir, with the config and settings it was trained with."""
+  """A network restored from a workdir, with the config and settings it was trained with.
+
+  Made by `load`. `outputs` and `predict` run on numpy batches of any size.
+
+  Attributes:
+    step: the checkpoint's global step.
+    config: the run's TrainConfig, as this version reads it.
+    settings: the network's recorded settings (arch, input_shape, num_classes, ...).
+    arch: the network's `capsjax.train.archs.Arch`.
+    batch_size: images per compiled batch.
+    input_shape: (H, W, C) the network takes.
+    num_classes: K.
+  """
 
   def __init__(self, graphdef, state, meta: dict[str, Any], batch_size: int = 100):
     self.graphdef, self.state = graphdef, state
@@ -86,17 +98,26 @@ class TrainedModel:
 
   def predict(self, images) -> Prediction:
     """Classifies `images`: [B, H, W, C] or one [H, W, C]; uint8 (0..255, read as /255) or float
-    in [0, 1] (`capsjax.nn.inputs`). ValueError (one line) for another shape, another dtype (int32,
-    bool, ...: named) or float values outside [0, 1].
+    in [0, 1] (`capsjax.nn.inputs`).
 
     Runs in fixed-size batches (the last one padded), so any B compiles once.
+
+    Raises:
+      ValueError: (one line) another shape, another dtype (int32, bool, ...: named) or float
+        values outside [0, 1].
     """
     out = self.outputs(images)
     return Prediction(np.argmax(out.scores, -1), out.scores, out.capsules, out.reconstructions)
 
   def decode(self, capsules, classes) -> np.ndarray:
-    """CapsNet's decoder on class capsules [B, K, D] masked to `classes` [B] -> [B, H, W, C]
-    in [0, 1]. ValueError for a network without a decoder."""
+    """CapsNet's decoder (§4.1) on class capsules [B, K, D] masked to `classes` [B].
+
+    Returns:
+      [B, H, W, C] reconstructions in [0, 1], numpy.
+
+    Raises:
+      ValueError: the network has no decoder (the baseline CNN).
+    """
     decode = getattr(self.model, "decode", None)
     if decode is None:
       raise ValueError(f"arch {self.arch.name!r} has no decoder.")
@@ -106,7 +127,17 @@ class TrainedModel:
 def load(workdir: str | os.PathLike, step: int | None = None, *,
          batch_size: int = 100) -> TrainedModel:
   """The model of checkpoint `step` (default: the newest complete one) of `workdir`, ready to
-  `predict`. ValueError (one line) for a workdir without checkpoints or a damaged one."""
+  `predict`.
+
+  Args:
+    workdir: a training run's workdir.
+    step: the checkpoint to load; None: the newest complete one.
+    batch_size: images per compiled batch of `TrainedModel.outputs` / `predict`.
+
+  Raises:
+    ValueError: (one line) a workdir without checkpoints, a missing step, or a damaged
+      checkpoint (`CheckpointError`).
+  """
   graphdef, state, meta = model_state.load_for_eval(workdir, step, report=lambda _: None)
   return TrainedModel(graphdef, state, meta, batch_size=batch_size)
 
@@ -119,8 +150,10 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
 
   Args:
     config: a preset name ("quick", "paper") or a TrainConfig.
-    workdir, data_dir: as for the CLI (data_dir None: $TFDS_DATA_DIR).
-    progress, tensorboard: as `capsjax train` without --no-progress / with --tensorboard.
+    workdir: as for the CLI.
+    data_dir: as for the CLI (None: $TFDS_DATA_DIR).
+    progress: as `capsjax train` without --no-progress.
+    tensorboard: as `capsjax train` with --tensorboard.
     train_examples: use only the first N stored training examples (smoke runs; MultiMNIST: N
       digits, N x 1,000 pairs); recorded as TrainConfig.train_examples, so a resume that
       leaves it out is told that the data changed.
@@ -129,8 +162,13 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
       and `capsjax viz` of the run use the same number unless told otherwise. None: the
       config's (the preset's).
     **overrides: TrainConfig fields, e.g. max_steps=200, routing="uniform".
+
   Returns:
-    the final test metrics, as `capsjax train` prints them.
+    The final test metrics, as `capsjax train` prints them (`capsjax.train.loop.train`).
+
+  Raises:
+    ValueError: an unknown preset or TrainConfig field, or what `capsjax.train.loop.train`
+      raises (with TrainingInterrupted, NonFiniteError and StorageError).
   """
   if isinstance(config, str):
     config = presets.get(config)

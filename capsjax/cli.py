@@ -51,7 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      parents=[common])
   t.add_argument("--config", default="quick",
                  help="preset: quick, hour, table1_cpu, *_cpu (CPU) or paper, paper_300k, "
-                      "baseline, multimnist, affnist (GPU); capsjax/configs/")
+                      "baseline, multimnist, affnist (GPU); capsjax/train/presets.py")
   t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
   t.add_argument("--dataset", default=None,
@@ -114,7 +114,7 @@ def _build_parser() -> argparse.ArgumentParser:
   e.add_argument("--workdir", required=True)
   e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
   e.add_argument("--batch-size", type=int, default=None,
-                 help="default: the backend's measured best (see README)")
+                 help="default: the backend's measured best (docs/results.md)")
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   e.add_argument("--dataset", default=None,
                  help=f"test set: one of {', '.join(datasets.available('test'))} (default: the "
@@ -344,6 +344,20 @@ def _warn_in_one_line() -> None:
 
 
 def main(argv=None) -> int:
+  """Runs one `capsjax` command and returns its exit status (the module docstring lists them).
+
+  Errors become one `capsjax: error: ...` line on stderr, not a traceback; the result (a JSON
+  object, or `rules`' table) is printed on stdout by process 0.
+
+  Args:
+    argv: the arguments after the program name; None: `sys.argv[1:]`.
+
+  Returns:
+    0 on success, 2 (EXIT_USAGE) for bad input (or any unreadable file of `predict`), 1
+      (EXIT_NONFINITE) for a NaN/Inf loss, 74 (EXIT_STORAGE) for a failed write to the workdir,
+      128 + the signal number after SIGINT or SIGTERM (a checkpoint saved), 130 for a
+      KeyboardInterrupt.
+  """
   from capsjax.infra.checkpoint import NonFiniteError
   from capsjax.infra.interrupt import TrainingInterrupted
   from capsjax.infra.workdir import StorageError

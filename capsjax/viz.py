@@ -46,7 +46,8 @@ class TestSetPass(NamedTuple):
   """A trained network's outputs over a test split (N images, K classes).
 
   Attributes:
-    labels, predictions: [N] int.
+    labels: [N] int, the true classes.
+    predictions: [N] int, the highest-scoring classes.
     capsules: [N, K, D] class capsules, or None (no capsules).
     reconstructions: [N, H, W, C] in [0, 1], or None (no decoder).
     type_coupling: [types, K] the mean over images and grid positions of the coupling from
@@ -135,9 +136,16 @@ def perturbations(model, capsules: np.ndarray, cls: int, offsets=OFFSETS,
                   dims: int | None = None) -> np.ndarray:
   """Fig. 4: decode `capsules` [K, D] with dimension d of class `cls` moved by each offset.
 
+  Args:
+    model: a `capsjax.api.TrainedModel` of a CapsNet.
+    capsules: [K, D] one example's class capsules.
+    cls: the class whose capsule is perturbed and decoded.
+    offsets: the amounts added to each dimension (default -0.25..0.25 in steps of 0.05).
+    dims: perturb the first `dims` dimensions; None: all D.
+
   Returns:
     [dims, len(offsets), H, W, C] in [0, 1]; row d, column j decodes capsule `cls` with
-    v[cls, d] += offsets[j] (the decoder masked to `cls`, as at test time).
+      v[cls, d] += offsets[j] (the decoder masked to `cls`, as at test time).
   """
   dims = capsules.shape[-1] if dims is None else dims
   offsets = np.asarray(offsets, np.float32)
@@ -169,7 +177,16 @@ def training_curves(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 class PairPanels(NamedTuple):
-  """Fig. 5's numbers for N MultiMNIST test pairs."""
+  """Fig. 5's numbers for N MultiMNIST test pairs.
+
+  Attributes:
+    predicted: [N, 2] the two longest capsules' classes (longest first).
+    correct: [N] bool, `predicted` is the true pair (`multimnist.both_correct`).
+    first: [N, H, W, C] reconstruction from predicted[:, 0]'s capsule.
+    second: [N, H, W, C] reconstruction from predicted[:, 1]'s capsule.
+    absent: [N] the longest capsule's class among those neither true nor predicted.
+    absent_reconstruction: [N, H, W, C] that class's reconstruction.
+  """
 
   predicted: np.ndarray  # [N, 2] the two longest capsules' classes (longest first)
   correct: np.ndarray  # [N] bool: `predicted` is the true pair (`multimnist.both_correct`)
@@ -243,6 +260,12 @@ def _show(ax, image: np.ndarray, **kwargs) -> None:
 
 
 def draw_reconstructions(images, result: TestSetPass, indices, path: Path, title: str) -> None:
+  """Fig. 3: the test images `images[indices]` above their reconstructions, titled with the
+  true and predicted class (red: misclassified), saved as PNG `path`.
+
+  Raises:
+    ValueError: matplotlib is not installed.
+  """
   plt = _pyplot()
   n = len(indices)
   fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.9), squeeze=False)
@@ -259,6 +282,12 @@ def draw_reconstructions(images, result: TestSetPass, indices, path: Path, title
 
 def draw_perturbations(grids: dict[int, np.ndarray], path: Path, title: str,
                        offsets=OFFSETS) -> None:
+  """Fig. 4: one mosaic per class of `grids` {class: `perturbations` output [D, len(offsets),
+  H, W, C]}, one row per capsule dimension, saved as PNG `path`.
+
+  Raises:
+    ValueError: matplotlib is not installed.
+  """
   plt = _pyplot()
   cols = min(len(grids), 5)
   rows = -(-len(grids) // cols)
@@ -282,7 +311,13 @@ def draw_perturbations(grids: dict[int, np.ndarray], path: Path, title: str,
 
 def draw_routing(image, maps: np.ndarray, cls: int, label: int, type_coupling: np.ndarray,
                  path: Path, title: str) -> None:
-  """maps [types, OH, OW] of one image; type_coupling [types, K] over the test set."""
+  """The routing figure: test `image` (true class `label`, predicted `cls`), its couplings c_ij
+  to class `cls` as `maps` [types, OH, OW] (`coupling_map`), and `type_coupling` [types, K]
+  (`coupling_by_type`, averaged over the test set), saved as PNG `path`.
+
+  Raises:
+    ValueError: matplotlib is not installed.
+  """
   plt = _pyplot()
   types = maps.shape[0]
   tiles_per_row = 8
@@ -314,6 +349,12 @@ def draw_routing(image, maps: np.ndarray, cls: int, label: int, type_coupling: n
 
 
 def draw_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
+  """The [K, K] `confusion_matrix` (row: true class, column: predicted) as a heat map of the
+  off-diagonal counts with every non-zero count written in, saved as PNG `path`.
+
+  Raises:
+    ValueError: matplotlib is not installed.
+  """
   plt = _pyplot()
   k = matrix.shape[0]
   fig, ax = plt.subplots(figsize=(6.4, 5.6))
@@ -339,6 +380,12 @@ def draw_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
 
 
 def draw_curves(train: list[dict], test: list[dict], path: Path, title: str) -> None:
+  """The training curves of `training_curves`' records: train loss (log scale; the margin loss
+  beside the total where logged) and train/test accuracy in %, saved as PNG `path`.
+
+  Raises:
+    ValueError: matplotlib is not installed.
+  """
   plt = _pyplot()
   steps = [r["step"] for r in train]
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -376,6 +423,13 @@ def draw_curves(train: list[dict], test: list[dict], path: Path, title: str) -> 
 
 
 def draw_pairs(images, labels, panels: PairPanels, indices, path: Path, title: str) -> None:
+  """Fig. 5: for each of `indices`, the MultiMNIST pair with its true classes `labels` [N, 2]
+  (L), the two predicted classes' reconstructions in red and green (R; red title: wrong) and
+  the absent class's reconstruction (*), saved as PNG `path`.
+
+  Raises:
+    ValueError: matplotlib is not installed.
+  """
   plt = _pyplot()
   n = len(indices)
   fig, axes = plt.subplots(3, n, figsize=(1.15 * n, 4.2), squeeze=False)
@@ -433,6 +487,11 @@ def dataset_examples(name: str, config, split: str, data_dir, count: int | None,
 # ---- the command ------------------------------------------------------------------------------
 
 def check_figures(names: list[str]) -> list[str]:
+  """`names`, unchanged, if every one is in FIGURES.
+
+  Raises:
+    ValueError: naming the first unknown figure and listing FIGURES.
+  """
   unknown = [n for n in names if n not in FIGURES]
   if unknown:
     raise ValueError(f"unknown figure {unknown[0]!r}; expected some of {', '.join(FIGURES)}.")
@@ -444,18 +503,35 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
            step: int | None = None, test_examples: int | None = None, image: int = 0,
            progress: bool = True, report=print) -> dict[str, Any]:
   """Draws `figures` (default all) of the checkpoint `step` (default newest) of `workdir` into
-  `out` (default WORKDIR/figures). Returns {figure: PNG path, or "skipped: <reason>"}.
+  `out` (default WORKDIR/figures), as `capsjax viz` does.
 
-  `test_examples`: the figures' test examples: N (the first N of a stored set, N spread evenly
-  over a built one), "all" (every one: a MultiMNIST run's 10,000,000 pairs, held in memory), or
-  None: the number the run recorded (TrainConfig.test_examples, as `capsjax eval`; a run that
-  recorded none: its whole test set), a recorded number or a whole built set above
-  `VIZ_EXAMPLES` cut to that many (saying so through `report`).
   matplotlib is checked first, before any test example is evaluated.
 
-  Raises ValueError (one line) for bad input: a workdir without checkpoints, an unknown figure,
-  `digit` outside the classes, `dims` outside 1..the capsules' dimension count, `test_examples`
-  neither a positive integer nor "all", or more test examples than the set has.
+  Args:
+    workdir: a training run's workdir.
+    data_dir: TFDS data_dir (None: $TFDS_DATA_DIR); not read for `curves` alone.
+    out: folder for the PNGs (created); None: WORKDIR/figures.
+    figures: some of FIGURES; None: all.
+    digit: perturbations of this class only; None: one test digit of each class.
+    dims: perturb the first `dims` capsule dimensions; None: all.
+    step: the checkpoint; None: the newest complete one.
+    test_examples: the figures' test examples: N (the first N of a stored set, N spread evenly
+      over a built one), "all" (every one: a MultiMNIST run's 10,000,000 pairs, held in
+      memory), or None: the number the run recorded (TrainConfig.test_examples, as `capsjax
+      eval`; a run that recorded none: its whole test set), a recorded number or a whole built
+      set above `VIZ_EXAMPLES` cut to that many (saying so through `report`).
+    image: index of the test image the routing figure shows.
+    progress: show progress bars.
+    report: receives one line per skipped figure or cut test set.
+
+  Returns:
+    {figure: PNG path, or "skipped: <reason>"}.
+
+  Raises:
+    ValueError: (one line) bad input: a workdir without checkpoints, an unknown figure, `digit`
+      outside the classes, `dims` outside 1..the capsules' dimension count, `test_examples`
+      neither a positive integer nor "all", more test examples than the set has, an `image`
+      index outside them, an `out` that is not a directory, or matplotlib not installed.
   """
   from capsjax import api
   from capsjax.data import storage

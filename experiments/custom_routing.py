@@ -9,7 +9,7 @@
 `--routing MODULE:NAME` imports MODULE (this file, found through PYTHONPATH) and trains with the
 rule it registers as NAME; the run records MODULE in its config, so eval and resume import it again
 with no extra flag. Put in a package that declares a "capsjax.routing" entry point, the rule needs
-no flag at all (README, "Write your own routing rule").
+no flag at all (docs/routing.md, "Write your own routing rule").
 
 The rule is dynamic routing with tempered couplings, c_ij = softmax_j(b_ij / temperature): below 1
 each input commits to fewer parents per iteration, above 1 the couplings stay closer to uniform
@@ -34,7 +34,7 @@ def tempered_routing(u_hat, *, num_iters=3, temperature=0.5):
   b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
   for it in range(num_iters):
     c = jax.nn.softmax(b / temperature, axis=-1)
-    v = capsjax.core.squash(jnp.einsum("ij,ijd->jd", c, u_hat))
+    v = capsjax.squash(jnp.einsum("ij,ijd->jd", c, u_hat))
     if it < num_iters - 1:
       b = b + jnp.einsum("ijd,jd->ij", u_hat, v)
   return capsjax.routing.RoutingResult(v=v, c=c)

@@ -1,5 +1,5 @@
-"""Writes generated text between two HTML-comment markers of a README (used by the experiments'
---update-readme)."""
+"""Writes generated text between two HTML-comment markers of a README or docs page (used by the
+experiments' --update-readme)."""
 
 from pathlib import Path
 

@@ -5,9 +5,9 @@
 
 Each rule trains in its own workdir (`--out`/runs/<rule>) with the same seed, data order and
 schedule; only the routing differs. Results go to `--out`/results.json and a Markdown table
-(`--out`/table.md); `--update-readme` also writes the table between the README's
-`<!-- routing-accuracy:start -->` and `<!-- routing-accuracy:end -->` markers. A rule whose result
-is already in results.json is skipped (delete it, or pass --force, to re-run).
+(`--out`/table.md); `--update-readme` also writes the table between the results page's
+(docs/results.md) `<!-- routing-accuracy:start -->` and `<!-- routing-accuracy:end -->` markers.
+A rule whose result is already in results.json is skipped (delete it, or pass --force, to re-run).
 """
 
 import argparse
@@ -27,7 +27,7 @@ from capsjax.train.loop import train
 from capsjax.train.model_state import create_state
 from readme_block import replace_block
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "results.md"  # the results page
 START, END = "<!-- routing-accuracy:start -->", "<!-- routing-accuracy:end -->"
 
 
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
   p.add_argument("--out", type=Path, default=Path("runs/routing_accuracy"))
   p.add_argument("--force", action="store_true", help="re-run rules that already have a result")
   p.add_argument("--update-readme", nargs="?", const=README, type=Path, default=None,
-                 metavar="README", help="write the table into README.md (or the file given)")
+                 metavar="README", help="write the table into docs/results.md (or the file given)")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
   tune_host_allocator()

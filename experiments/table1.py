@@ -12,8 +12,8 @@ result is skipped; an interrupted one resumes from its checkpoint when the scrip
 it was started with (table1_run.json) and a run whose config differs from the one asked for now is
 refused, so one row never mixes presets or settings. OUT/PRESET/results.json holds every run,
 OUT/PRESET/table.md the table: test error mean ± sd over seeds beside the paper's value,
-parameters, steps, wall time and hardware; `--update-readme` writes it between the README's
-`<!-- table1:start -->` and `<!-- table1:end -->` markers.
+parameters, steps, wall time and hardware; `--update-readme` writes it between the results page's
+(docs/results.md) `<!-- table1:start -->` and `<!-- table1:end -->` markers.
 """
 
 import argparse
@@ -41,7 +41,7 @@ from capsjax.train.loop import train
 from capsjax.train.model_state import create_model
 from readme_block import replace_block
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "results.md"  # the results page
 START, END = "<!-- table1:start -->", "<!-- table1:end -->"
 
 # name: (label, TrainConfig changes, the paper's test error in % (Table 1), its sd or None)
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
   p.add_argument("--train-examples", type=int, default=None, help="default: the full split")
   p.add_argument("--test-examples", type=int, default=None, help="default: the full split")
   p.add_argument("--update-readme", nargs="?", const=README, type=Path, default=None,
-                 metavar="README", help="write the table into README.md (or the file given)")
+                 metavar="README", help="write the table into docs/results.md (or the file given)")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
   tune_host_allocator()

@@ -247,7 +247,7 @@ def test_keyboard_interrupt_outside_the_training_loop(tmp_path, data_dir, capsys
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr("capsjax.data.load_split", interrupted)
+  monkeypatch.setattr("capsjax.data.storage.load_split", interrupted)
   try:
     code = cli.main(["train", "--data-dir", data_dir, "--workdir", str(tmp_path / "w"),
                      "--max-steps", "1", "--no-progress"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from capsjax import cli, data
-from capsjax.data import pipeline
+from capsjax.data import order, pipeline
 from conftest import copy_of_mnist
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -94,7 +94,7 @@ def test_train_reads_a_relative_data_dir_as_one_absolute_path(data_dir, tmp_path
     if len(seen) == 2:  # both splits read: stop before training
       raise KeyboardInterrupt
 
-  monkeypatch.setattr("capsjax.data.load_split", load_from_elsewhere)
+  monkeypatch.setattr("capsjax.data.storage.load_split", load_from_elsewhere)
   code = cli.main(["train", "--data-dir", relative, "--workdir", str(tmp_path / "w"),
                    "--max-steps", "1", "--batch-size", "8", "--train-examples", "16",
                    "--test-examples", "8", "--no-progress"])
@@ -109,7 +109,7 @@ def test_batches_are_deterministic_and_cover_each_epoch(mnist_train):
   assert sorted(epoch0.tolist()) == list(range(n))
   epoch1 = data.batch_indices(n, bs, 7, 60)
   assert not np.array_equal(epoch1, epoch0[:bs])  # reshuffled every epoch
-  data._epoch_permutation.cache_clear()  # recomputed from (seed, epoch), not served from cache
+  order._epoch_permutation.cache_clear()  # recomputed from (seed, epoch), not served from cache
   np.testing.assert_array_equal(data.batch_indices(n, bs, 7, 0), epoch0[:bs])
   np.testing.assert_array_equal(data.batch_indices(n, bs, 7, 60), epoch1)
   assert not np.array_equal(data.batch_indices(n, bs, 8, 0), epoch0[:bs])  # another seed

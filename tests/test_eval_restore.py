@@ -35,10 +35,10 @@ def workdir(trained, tmp_path):
 
 
 def test_eval_restores_the_model_without_the_optimizer_state(trained):
-  _, model_state, meta = model_state.load_for_eval(trained)
+  _, model_only, meta = model_state.load_for_eval(trained)
   _, full_state, full_meta = model_state.load_for_eval(trained, with_optimizer=True)
   assert meta["step"] == full_meta["step"] == 4
-  model_leaves = jax.tree.leaves(nnx.to_pure_dict(model_state))
+  model_leaves = jax.tree.leaves(nnx.to_pure_dict(model_only))
   full_model_leaves = jax.tree.leaves(nnx.to_pure_dict(full_state)[0])
   assert len(model_leaves) == len(full_model_leaves) > 5
   for a, b in zip(model_leaves, full_model_leaves):

@@ -1,6 +1,6 @@
 """The GPU suite's plumbing that runs without a GPU: its report helper (stage records, pytest
 parsing, summary) and the two scripts' argument handling. The suite itself runs end to end on a
-CPU with GPU_SUITE_SMOKE=1 (a few minutes; README "GPU suite")."""
+CPU with GPU_SUITE_SMOKE=1 (a few minutes; docs/speed.md, "GPU suite")."""
 
 import importlib.util
 import json

@@ -39,7 +39,7 @@ def sharp(u_hat, *, num_iters=3, log_sharpness=None, temperature=1.0):
   b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
   for _ in range(num_iters):
     c = jax.nn.softmax(b * jnp.exp(log_sharpness) / temperature, axis=-1)
-    v = capsjax.core.squash(jnp.einsum("ij,ijd->jd", c, u_hat))
+    v = capsjax.squash(jnp.einsum("ij,ijd->jd", c, u_hat))
     b = b + jnp.einsum("ijd,jd->ij", u_hat, v)
   return capsjax.routing.RoutingResult(v=v, c=c)
 '''

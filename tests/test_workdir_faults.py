@@ -147,7 +147,7 @@ def test_lock_is_exclusive_within_and_across_processes(tmp_path):
       with WorkdirLock(tmp_path):
         pass
     other = subprocess.run([sys.executable, "-c", (
-        "import sys; from capsjax.workdir import WorkdirLock\n"
+        "import sys; from capsjax.infra.workdir import WorkdirLock\n"
         f"with WorkdirLock(sys.argv[1]): pass"), str(tmp_path)], capture_output=True, text=True)
     assert other.returncode == 1 and "WorkdirBusyError" in other.stderr
   with WorkdirLock(tmp_path):  # released on exit

@@ -8,6 +8,7 @@ import numpy as np
 
 
 def is_bool(x: Any) -> bool:
+  """Whether `x` is a Python or numpy bool (which `numbers.Integral` would also match)."""
   return isinstance(x, (bool, np.bool_))
 
 

@@ -26,9 +26,14 @@ def squash(s: jnp.ndarray, axis: int = -1, eps: float = DEFAULT_EPS) -> jnp.ndar
 def safe_length(v: jnp.ndarray, axis: int = -1, eps: float = DEFAULT_EPS) -> jnp.ndarray:
   """|v| = sqrt(|v|^2 + eps): a capsule length with a finite gradient at v = 0.
 
+  Used as the class scores |v_k| of the digit capsules (and in the margin loss, Eq. 4).
+
   Args:
     v: [..., D] capsules.
+    axis: the capsule dimension.
+    eps: small positive constant inside the square root.
+
   Returns:
-    [...] lengths (the `axis` dimension removed).
+    [...] lengths (the `axis` dimension removed), >= sqrt(eps).
   """
   return jnp.sqrt(jnp.sum(jnp.square(v), axis=axis) + eps)

@@ -49,7 +49,12 @@ def eval_stream(dataset: str) -> jax.Array:
 
 
 class StepKeys(NamedTuple):
-  """The keys of one training step (or, as base keys, of a run: see `run_keys`)."""
+  """The keys of one training step (or, as base keys, of a run: see `run_keys`).
+
+  Attributes:
+    data: augmentation and example building (random shifts, translations).
+    dropout: the network's dropout (the baseline CNN).
+  """
 
   data: jax.Array  # augmentation / example building
   dropout: jax.Array  # the network's dropout

@@ -41,7 +41,15 @@ AFFNIST_SIZE = 320_000
 
 
 class Warp(NamedTuple):
-  """One affNIST-style example and the transformation that made it."""
+  """One affNIST-style example and the transformation that made it.
+
+  Attributes:
+    image: [40, 40, C] float in [0, 1].
+    rotation_deg: () rotation in degrees.
+    shear: () shear factor (x += shear * y).
+    scale: [2] scale factors (y, x).
+    translation: [2] int (dy, dx) in pixels from the centred position.
+  """
 
   image: jnp.ndarray  # [40, 40, C] float in [0, 1]
   rotation_deg: jnp.ndarray
@@ -51,7 +59,13 @@ class Warp(NamedTuple):
 
 
 def affine_matrix(rotation_deg, shear, scale) -> jnp.ndarray:
-  """[2, 2] map of (y, x) offsets from the digit's centre: rotation @ shear @ scale."""
+  """[2, 2] map of (y, x) offsets from the digit's centre: rotation @ shear @ scale.
+
+  Args:
+    rotation_deg: rotation angle in degrees.
+    shear: shear factor (x += shear * y).
+    scale: [2] scale factors (y, x).
+  """
   t = jnp.deg2rad(rotation_deg)
   rotation = jnp.array([[jnp.cos(t), -jnp.sin(t)], [jnp.sin(t), jnp.cos(t)]])
   shearing = jnp.array([[1.0, 0.0], [shear, 1.0]])  # x += shear * y
@@ -90,6 +104,9 @@ def warp(key: jax.Array, digit: jnp.ndarray, canvas: int = CANVAS) -> Warp:
 
 
 def style_builder(config, split: str, stored: storage.Split):
+  """The `Dataset.builder` of the affNIST-style test set: example i is stored test digit
+  i // PER_DIGIT under `warp` with key fold_in(eval_stream("affnist_style"), i), so the set is
+  the same in every run (the step's key, `config`, `split` and `stored` are not used)."""
   del config, split, stored
   rows = gather()
   seed_key = streams.eval_stream("affnist_style")
@@ -113,7 +130,13 @@ def read_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
   The layout of the published files: a struct `affNISTdata` whose field `image` is uint8
   [1600, N], one 40x40 image per column in row-major order, and `label_int` [1, N] (also
-  `label_one_of_n`, `human_readable_transform`, ..., not read). ValueError naming what differs.
+  `label_one_of_n`, `human_readable_transform`, ..., not read). A float copy in [0, 1] is
+  scaled to 0..255.
+
+  Raises:
+    ValueError: a missing file, one that is not a MATLAB file, or one whose layout differs
+      (no `affNISTdata`, no `image`/`label_int` field, shapes that do not match), naming what
+      differs.
   """
   from scipy import io as sio
 
@@ -173,7 +196,7 @@ def _load_affnist(split: str, data_dir, limit: int | None) -> storage.Split:
 AFFNIST_STYLE = Dataset(
     name="affnist_style", description="affNIST-style test set: the 10,000 MNIST test digits "
     "under 32 random affine transformations each on 40x40, built on the fly (ranges: "
-    "capsjax/datasets/affnist.py)", splits=("test",), load=load_mnist,
+    "capsjax/data/affnist.py)", splits=("test",), load=load_mnist,
     size=lambda split, stored: PER_DIGIT * len(stored), builder=style_builder, loss=loss,
     host_batches=False)
 AFFNIST = Dataset(

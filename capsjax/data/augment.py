@@ -10,6 +10,8 @@ def random_shift(key: jax.Array, image: jnp.ndarray, max_shift: int = 2) -> jnp.
   Args:
     key: PRNG key.
     image: [H, W, C].
+    max_shift: largest shift in pixels along each axis (the paper's 2); 0 returns `image`.
+
   Returns:
     [H, W, C] shifted image.
   """
@@ -22,7 +24,8 @@ def random_shift(key: jax.Array, image: jnp.ndarray, max_shift: int = 2) -> jnp.
 
 
 def random_shift_batch(key: jax.Array, images: jnp.ndarray, max_shift: int = 2) -> jnp.ndarray:
-  """`random_shift` applied independently to each image of [B, H, W, C]."""
+  """`random_shift` applied independently to each image of [B, H, W, C] (one key each, split
+  from `key`); `max_shift` in pixels."""
   keys = jax.random.split(key, images.shape[0])
   return jax.vmap(random_shift, in_axes=(0, 0, None))(keys, images, max_shift)
 

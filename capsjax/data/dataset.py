@@ -56,8 +56,9 @@ class Dataset(NamedTuple):
 
 
 def gather(transform: Callable | None = None) -> ExampleBuilder:
-  """The `ExampleBuilder` of a set whose example i is stored row i: rows `index`, as float, then
-  `transform(key, images, labels)` when training (e.g. `augment.shift_transform`)."""
+  """The `ExampleBuilder` of a set whose example i is stored row i: rows `index`, as float32 in
+  [0, 1], then `transform(key, images, labels)` when training, i.e. when the builder gets a key
+  (e.g. `augment.shift_transform`); None: the rows alone."""
 
   def build(key, images, labels, index):
     x = to_float(jnp.take(images, index, axis=0))
@@ -77,8 +78,12 @@ def input_shape(builder: ExampleBuilder, stored: storage.Split) -> tuple[int, ..
 
 
 def check_test_examples(test_examples) -> None:
-  """Raises ValueError (one line) unless `test_examples` is None, "all" or a positive int (a
-  test-example count as `capsjax eval` and `viz` take it)."""
+  """Checks a test-example count as `capsjax eval` and `viz` take it.
+
+  Raises:
+    ValueError: (one line) `test_examples` is not None, "all" or a positive int (a bool is
+      refused).
+  """
   if not (test_examples is None or test_examples == "all" or (
       isinstance(test_examples, int) and not isinstance(test_examples, bool)
       and test_examples > 0)):
@@ -87,9 +92,19 @@ def check_test_examples(test_examples) -> None:
 
 
 def subset(size: int, count: int | None, what: str = "the test set") -> np.ndarray:
-  """[count] example indices spread evenly over a set of `size` (all of it for None): example
-  floor(j * size / count) for j < count, so a subset of a set built k-per-stored-example
-  covers every stored example alike. ValueError for a count above `size`."""
+  """[count] int64 example indices spread evenly over a set of `size` (all of it for None).
+
+  Example floor(j * size / count) for j < count, so a subset of a set built k-per-stored-example
+  covers every stored example alike.
+
+  Args:
+    size: the number of examples of the set.
+    count: how many to take; None: all `size`.
+    what: the set's name in the error message.
+
+  Raises:
+    ValueError: count is larger than size.
+  """
   if count is None:
     return np.arange(size, dtype=np.int64)
   if count > size:

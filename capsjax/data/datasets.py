@@ -1,4 +1,4 @@
-"""The datasets the training loop can train and evaluate on, by name (see `base.Dataset`):
+"""The datasets the training loop can train and evaluate on, by name (see `dataset.Dataset`):
 `mnist`, `fashion_mnist`, `multimnist` (§6) and `expanded_mnist` (§5.2) to train on;
 `affnist_style` and `affnist` (§5.2) to evaluate on."""
 

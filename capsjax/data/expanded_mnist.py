@@ -31,6 +31,9 @@ def translate(key: jax.Array | None, images: jnp.ndarray, canvas: int = CANVAS,
 
 
 def builder(config, split: str, stored: storage.Split):
+  """The `Dataset.builder` of expanded MNIST: each stored 28x28 row placed on the 40x40 canvas
+  (`translate`), shifted by up to MAX_SHIFT = 6 px along each axis with the step's key when
+  training (`split` "train"), centred otherwise. `config` and `stored` are not needed."""
   del config, stored
   rows = gather()
 

@@ -20,12 +20,16 @@ load_mnist = tfds_loader("mnist")
 
 
 def builder(config, split: str, stored: storage.Split):
-  """Training: rows shifted by up to `config.max_shift` px (zero fill); test: the rows."""
+  """The `Dataset.builder` of MNIST and Fashion-MNIST: training rows shifted by up to
+  `config.max_shift` px in each direction (zero fill, the paper's augmentation, §5); test: the
+  rows unchanged. `stored` is not needed."""
   del stored
   return gather(augment.shift_transform(config.max_shift) if split == "train" else None)
 
 
 def loss(arch, config):
+  """The `Dataset.loss` of a single-label set: the network's own objective, `arch.loss(config)`
+  (CapsNet: margin loss, Eq. 4, + reconstruction loss, §4.1; baseline: cross-entropy)."""
   return arch.loss(config)
 
 

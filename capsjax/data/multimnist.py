@@ -69,7 +69,13 @@ _BASE_SHIFT, _PARTNER_ORDER, _PARTNER_SHIFT = 0, 1, 2
 
 
 class Pair(NamedTuple):
-  """One MultiMNIST example (float32 in [0, 1])."""
+  """One MultiMNIST example (float32 in [0, 1]).
+
+  Attributes:
+    image: [36, 36, C] the merged pair, min(base + partner, 1).
+    digits: [2, 36, 36, C] each shifted digit alone (the reconstruction targets).
+    labels: [2] int32, the base digit's class, then its partner's (always different).
+  """
 
   image: jnp.ndarray  # [36, 36, C]: min(base + partner, 1)
   digits: jnp.ndarray  # [2, 36, 36, C]: each shifted digit alone (the reconstruction targets)
@@ -167,8 +173,19 @@ def pairing(labels: np.ndarray, num_classes: int = 10, pairs_per_image: int = PA
   in all its pairs, with partner j = index % pairs_per_image: the r-th digit not of b's class c,
   r = `_other_class_rank(key, b, j, N - count[c])`, so the partners of one base are distinct
   while j < N - count[c]. With the split's indices sorted by class, the r-th digit not of class c
-  is `by_class[r]` if r < start[c], else `by_class[r + count[c]]`. Raises ValueError if fewer
-  than two classes are present.
+  is `by_class[r]` if r < start[c], else `by_class[r + count[c]]`.
+
+  Args:
+    labels: [N] int class of each stored digit, in [0, num_classes).
+    num_classes: the class count K.
+    pairs_per_image: pairs per base digit (the paper's 1,000).
+    max_shift: largest shift of each digit in pixels along each axis (the paper's 4).
+
+  Returns:
+    `pair(key, index, images) -> Pair`, pure, for `jax.vmap` over a batch of indices.
+
+  Raises:
+    ValueError: fewer than two classes are present in `labels`.
   """
   labels = np.asarray(labels)
   counts = np.bincount(labels, minlength=num_classes)
@@ -214,6 +231,8 @@ def one_correct(lengths: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 # The dataset record.
 
 def size(split: str, stored: storage.Split) -> int:
+  """The `Dataset.size` of MultiMNIST: PAIRS_PER_IMAGE = 1,000 pairs per stored digit (60M
+  training, 10M test pairs on MNIST), whatever the split."""
   return num_examples(len(stored))
 
 
@@ -226,8 +245,13 @@ def pair_key(seed: int, split: str) -> jax.Array:
 
 
 def builder(config, split: str, stored: storage.Split):
-  """Pairs of example `index` (of `size`): inputs [B, 36, 36, 1], targets (labels [B, 2],
-  digits [B, 2, 36, 36, 1])."""
+  """The `Dataset.builder` of MultiMNIST: the pairs of examples `index` [B] (of `size`), from
+  `pair_key(config.seed, split)` alone (the step's key is not used): inputs [B, 36, 36, 1],
+  targets (labels [B, 2], digits [B, 2, 36, 36, 1]).
+
+  Raises:
+    ValueError: `stored` holds digits of fewer than two classes (`pairing`).
+  """
   pair = pairing(stored.labels, stored.num_classes)
   seed_key = pair_key(config.seed, split)
 
@@ -243,7 +267,11 @@ def loss(arch, config):
   """Eq. 4 against the two-hot target + each digit's reconstruction from its own class capsule
   against its own image, x recon_weight (`losses.two_digit_terms`; the true classes decode at
   test time too, so the test loss is the training objective). Correct: the two longest capsules
-  are the two classes (`both_correct`); `one_correct` is logged beside it."""
+  are the two classes (`both_correct`); `one_correct` is logged beside it.
+
+  Raises:
+    ValueError: (one line) an arch other than capsnet, or a model variant other than "paper".
+  """
   if arch.name != "capsnet":
     raise ValueError(f"dataset 'multimnist' trains the capsnet arch only (its loss decodes each "
                      f"digit from its class capsule), got arch {arch.name!r}.")

@@ -23,6 +23,11 @@ def check_batch(images, labels, num_classes: int) -> None:
     images: [B, H, W, C] with B >= 1; uint8 (0..255) or floating point, finite, in [0, 1].
     labels: [B] integers in [0, num_classes).
     num_classes: >= 2.
+
+  Raises:
+    ValueError: num_classes not an integer >= 2; images not of rank 4, empty, of another dtype,
+      or float with NaN/Inf or values outside [0, 1]; labels not of shape [B], not integers, or
+      outside [0, num_classes).
   """
   if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or \
       num_classes < 2:
@@ -58,7 +63,12 @@ def check_batch(images, labels, num_classes: int) -> None:
 class Split:
   """One split in memory: images uint8 [N, H, W, C] (or float in [0, 1]), labels int32 [N].
 
-  Checked on construction with `check_batch`.
+  Checked on construction with `check_batch` (ValueError as there). `len(split)` is N.
+
+  Attributes:
+    images: [N, H, W, C] uint8 (0..255) or float in [0, 1].
+    labels: [N] integer class indices in [0, num_classes).
+    num_classes: the dataset's class count (from its dataset_info), >= 2.
   """
 
   images: np.ndarray
@@ -73,12 +83,15 @@ class Split:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-  """`data_dir`, else $TFDS_DATA_DIR, as an absolute path; raises ValueError if neither names a
-  non-empty folder.
+  """`data_dir`, else $TFDS_DATA_DIR, as an absolute path (`~` expanded).
 
   Every reader of a data dir goes through this. A relative path is made absolute here, against
   the current directory, once: callers keep the result, so links to the record files and later
   reads do not depend on the directory they run in.
+
+  Raises:
+    ValueError: neither is set, or the folder does not exist, is empty, or holds no
+      DATASET/VERSION/dataset_info.json (not a TFDS data_dir).
   """
   if data_dir is None:
     data_dir = os.environ.get(DATA_DIR_ENV)
@@ -114,8 +127,15 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     split: "train" or "test" (any TFDS split string, e.g. "train[:10%]").
     data_dir: TFDS data_dir; None means $TFDS_DATA_DIR.
     limit: read only the first `limit` examples (tests, smoke runs).
+
   Returns:
     Split(images uint8 [N, 28, 28, 1], labels int32 [N], num_classes).
+
+  Raises:
+    ValueError: an unsupported dataset, a bad data dir (`resolve_data_dir`), a dataset missing
+      from it, files that cannot be read or hold another number of examples than
+      dataset_info.json declares, an empty split, or labels that do not match the declared
+      class count.
   """
   check_dataset(name)
   path = resolve_data_dir(data_dir)

@@ -13,7 +13,7 @@ first) and stops before starting a write that cannot fit. A save that fails all 
 full, read-only, workdir gone) raises one-line `StorageError` and removes its temporary folder;
 the complete checkpoints are never touched.
 
-In a multi-process run (capsjax/distributed.py) every process calls `save` and `restore`, which
+In a multi-process run (`capsjax.infra.distributed`) every process calls `save` and `restore`, which
 Orbax turns into collective writes and reads (the replicated state is written by process 0, the
 manifest after every process has finished); files are removed or moved by process 0 alone.
 What could look different from different processes is decided by process 0 and broadcast
@@ -164,15 +164,29 @@ def check_finite(pure_state: dict, what: str) -> None:
 
 
 class Checkpointer:
-  """Saves and restores an `nnx.State` of (model, optimizer) plus JSON metadata."""
+  """Saves and restores an `nnx.State` of (model, optimizer) plus JSON metadata.
+
+  Checkpoints live in WORKDIR/checkpoints/STEP. A context manager: leaving it `close`s.
+  """
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 3, cleanup: bool = False,
                guard: Callable[[], None] | None = None):
-    """`cleanup`: delete temporary dirs left by a save that was killed (listed in
-    `self.removed_incomplete`; StorageError if one cannot be); only a writer (train) should,
-    holding the workdir lock. `guard()`: runs before each save and may raise StorageError (the
-    workdir lock's check that the workdir is still there). In a multi-process run process 0
-    alone does both, and every process learns the outcome."""
+    """Opens WORKDIR/checkpoints (created if needed).
+
+    In a multi-process run process 0 alone does the cleanup and the guard's check, and every
+    process learns the outcome.
+
+    Args:
+      workdir: the run's workdir.
+      keep: how many complete checkpoints are kept (older ones are deleted).
+      cleanup: delete temporary dirs left by a save that was killed (listed in
+        `self.removed_incomplete`); only a writer (train) should, holding the workdir lock.
+      guard: runs before each save and may raise StorageError (the workdir lock's check that
+        the workdir is still there); None: no check.
+
+    Raises:
+      StorageError: with `cleanup`, a temporary dir cannot be removed.
+    """
     self.workdir = Path(workdir).absolute()
     self.guard = guard
     self.directory = self.workdir / "checkpoints"
@@ -212,11 +226,19 @@ class Checkpointer:
   def save(self, step: int, state: nnx.State, meta: dict[str, Any]) -> None:
     """Writes checkpoint `step` (overwriting nothing; Orbax finalises it atomically).
 
-    Raises NonFiniteError, writing nothing, if any array of `state` holds NaN or Inf, and
-    StorageError if the checkpoint cannot be written (not enough free space for it, a failed
-    write, the workdir gone); a failed save's temporary folder is removed. In a multi-process
-    run process 0 makes the checks before the write (workdir, free space) for all processes:
-    all write, or all raise its StorageError.
+    A failed save's temporary folder is removed. In a multi-process run process 0 makes the
+    checks before the write (workdir, free space) for all processes: all write, or all raise
+    its StorageError.
+
+    Args:
+      step: the global step, the checkpoint's name.
+      state: the (model, optimizer) `nnx.State` (device arrays are fetched to the host).
+      meta: JSON-serialisable metadata ("config", "model", "seed"); "step" is added.
+
+    Raises:
+      NonFiniteError: an array of `state` holds NaN or Inf; nothing is written.
+      StorageError: the checkpoint cannot be written (not enough free space for it, a failed
+        write, the workdir gone).
     """
     pure = jax.device_get(nnx.to_pure_dict(state))
     check_finite(pure, f"refusing to write checkpoint {step}")
@@ -307,9 +329,12 @@ class Checkpointer:
             f"{space}{leftover}; {self.last_complete_phrase()}")
 
   def verify(self, step: int) -> None:
-    """Raises CheckpointError if a file of checkpoint `step` is missing, truncated or altered.
+    """Checks the files of checkpoint `step` against its manifest (sizes and CRC-32s), once.
 
     Checkpoints written before the manifest existed are accepted unchecked.
+
+    Raises:
+      CheckpointError: a file is missing, truncated or altered, or the manifest is unreadable.
     """
     if step in self._verified:
       return
@@ -332,7 +357,12 @@ class Checkpointer:
     self._verified.add(step)
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
-    """The JSON metadata of checkpoint `step` (default: latest), after `verify`."""
+    """The JSON metadata of checkpoint `step` (default: latest), after `verify`.
+
+    Raises:
+      ValueError: `step` is None and there is no checkpoint.
+      CheckpointError: the checkpoint is damaged.
+    """
     step = self.resolve_step(step)
     self.verify(step)
     try:
@@ -347,8 +377,14 @@ class Checkpointer:
 
     `part`: restore only this element of the saved (model, optimizer) pair, `state` being a
     template of that element (0: the model alone, for evaluation; nothing else is read).
+
     Returns:
-      (restored state, metadata dict). Raises CheckpointError if the checkpoint is damaged.
+      The restored state (`state` itself, filled in place) and the metadata dict.
+
+    Raises:
+      ValueError: `step` is None and there is no checkpoint.
+      CheckpointError: the checkpoint is damaged (missing, truncated or altered files, or
+        contents Orbax cannot read).
     """
     step = self.resolve_step(step)
     self.verify(step)
@@ -371,14 +407,20 @@ class Checkpointer:
     """Restores the newest readable checkpoint; None if there is none at all.
 
     A damaged checkpoint is moved to `workdir/corrupt_checkpoints/` (kept for inspection),
-    reported, and the previous one is tried. `check_meta(meta)` may raise ValueError (for
-    example a different model), which is not a fallback case and propagates. StorageError if a
-    damaged checkpoint cannot be moved.
+    reported through `report`, and the previous one is tried. `check_meta(meta)` may raise
+    ValueError (for example a different model), which is not a fallback case and propagates.
 
     In a multi-process run process 0 alone checks the files and the metadata, moves damaged
     checkpoints and reports them; the others are told the step to restore (and the reports,
     passed to their own `report`), and all restore that step together. An error raised by
     process 0's checks is raised on every process.
+
+    Returns:
+      (restored state, metadata dict) as `restore`, or None when no checkpoint is left.
+
+    Raises:
+      ValueError: raised by `check_meta`.
+      StorageError: a damaged checkpoint cannot be moved aside.
     """
     while True:
       step, reports = distributed.decide(lambda: self._newest_good_step(check_meta, report))
@@ -439,7 +481,11 @@ class Checkpointer:
                            f"{why.rstrip('.')}.")
 
   def resolve_step(self, step: int | None) -> int:
-    """`step`, or the newest complete checkpoint's when None; ValueError if there is none."""
+    """`step`, or the newest complete checkpoint's when None.
+
+    Raises:
+      ValueError: `step` is None and there is no complete checkpoint.
+    """
     if step is None:
       step = self.latest_step()
     if step is None:

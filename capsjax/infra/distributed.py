@@ -1,9 +1,9 @@
 """Multi-process (multi-host) runs with `jax.distributed`: one process per host, or per GPU.
 
 Every process runs the same `capsjax train` command; together they form one global device mesh
-(capsjax/parallel.py), each process feeds the part of every batch that its own devices train on
-(capsjax/pipeline.py), only process 0 prints and writes metrics, and Orbax writes and reads the
-checkpoints with all processes taking part (capsjax/checkpoint.py).
+(`capsjax.infra.parallel`), each process feeds the part of every batch that its own devices train on
+(`capsjax.data.pipeline`), only process 0 prints and writes metrics, and Orbax writes and reads the
+checkpoints with all processes taking part (`capsjax.infra.checkpoint`).
 
 Two ways to start:
 
@@ -77,9 +77,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
   """Joins this process to a multi-process run; False (nothing done) for a one-process run.
 
-  Call before JAX runs anything. `auto`: let JAX detect the cluster (SLURM, Open MPI, Cloud
-  TPU) for whatever is not given. Raises ValueError (one line) for incomplete or bad flags, a
-  coordinator that does not answer within `timeout_s`, or no cluster found with `auto`.
+  Call before JAX runs anything.
+
+  Args:
+    coordinator_address: HOST:PORT of process 0's coordinator (--coordinator-address).
+    num_processes: the number of processes N >= 1.
+    process_id: this process's index in 0..N-1.
+    auto: let JAX detect the cluster (SLURM, Open MPI, Cloud TPU) for whatever is not given.
+    timeout_s: seconds to wait for the coordinator (and for JAX's initialisation).
+
+  Returns:
+    True if this process joined a multi-process run, False if nothing was asked for.
+
+  Raises:
+    ValueError: (one line) incomplete or bad flags, a port process 0 cannot listen on, a
+      coordinator that does not answer within `timeout_s`, or no cluster found with `auto`.
   """
   given = {"--coordinator-address": coordinator_address, "--num-processes": num_processes,
            "--process-id": process_id}

@@ -41,6 +41,7 @@ class StopOnSignal:
 
   @property
   def requested(self) -> bool:
+    """Whether a SIGINT/SIGTERM arrived while the handlers were installed (number: `signum`)."""
     return self.signum is not None
 
   def _handle(self, signum, frame):

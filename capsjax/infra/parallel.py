@@ -6,8 +6,8 @@ the batch-mean gradient into an all-reduce. Nothing else changes: the same compi
 one device or N, and after K steps the parameters equal a single-device run's with the same
 global batch up to float rounding (tests/test_parallel.py states the tolerance).
 
-In a multi-process run (capsjax/distributed.py) the mesh spans the devices of every process, and
-`put` builds each global array from the parts on the calling process's own devices.
+In a multi-process run (`capsjax.infra.distributed`) the mesh spans the devices of every
+process, and `put` builds each global array from the parts on the calling process's own devices.
 """
 
 import jax
@@ -21,8 +21,10 @@ def make_mesh(devices: int | None, batch_size: int) -> Mesh:
   """A 1-D mesh over the first `devices` devices (None: all of them; in a multi-process run,
   always all of every process's).
 
-  Raises ValueError (one line) if more devices are asked for than are present, or if the
-  batch does not split evenly over them (or over the processes).
+  Raises:
+    ValueError: (one line) more devices asked for than are present, a non-positive count,
+      `devices` other than all of them in a multi-process run, or a batch that does not split
+      evenly over the devices (or over the processes).
   """
   present = jax.devices()
   processes = jax.process_count()

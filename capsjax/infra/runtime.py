@@ -2,8 +2,8 @@
 
 XLA:CPU allocates each step's large temporaries afresh. With glibc's defaults, allocations above
 the mmap threshold are mapped and unmapped every step, so every step pays a page fault per 4 KiB
-of activations (measured here: ~0.3 ms per MB, a sixth of a CapsNet train step). Keeping freed
-memory in a single heap makes the next step reuse already-mapped pages.
+of activations, a noticeable share of a CapsNet train step (measured figures: docs/results.md).
+Keeping freed memory in a single heap makes the next step reuse already-mapped pages.
 """
 
 import ctypes
@@ -23,8 +23,8 @@ def tune_host_allocator() -> bool:
   one arena). Process-wide; call once at program start, before the first train step (the CLI
   calls it after jax is imported, which works).
 
-  The price is resident memory: freed memory is kept, not returned to the OS (peak RSS of a
-  100-step `quick` run: 7.4 GB with it, 2.5 GB without; 108 vs 80 images/s). Setting
+  The price is resident memory: freed memory is kept, not returned to the OS, so the peak RSS
+  of a run is higher, in exchange for faster steps (measured figures: docs/results.md). Setting
   CAPSJAX_TUNE_MALLOC=0 turns this off.
 
   Returns:

@@ -71,6 +71,7 @@ NO_SPACE = _reason(errno_lib.ENOSPC)  # "no space left on device"
 
 
 def megabytes(num_bytes: float) -> str:
+  """`num_bytes` as decimal megabytes for a message, e.g. "12.3 MB" (1 MB = 10^6 bytes)."""
   return f"{num_bytes / 1e6:.1f} MB"
 
 
@@ -127,7 +128,7 @@ class WorkdirLock:
 
   Raises WorkdirBusyError on entry if another process holds it. On a file system without flock
   support it warns (through `report`) and runs unlocked. In a multi-process run
-  (capsjax/distributed.py) every process enters it: process 0 takes the lock, and every process
+  (`capsjax.infra.distributed`) every process enters it: process 0 takes the lock, and every process
   raises its error if it could not; `check` does nothing on the others.
   """
 

@@ -21,6 +21,20 @@ class BaselineCNN(nnx.Module):
   (read as /255) or floating point in [0, 1] (`capsjax.nn.inputs`, as for `CapsNet`); ValueError (one
   line) for another shape or another dtype (int32, bool, ...: named). `dtype` (e.g. bfloat16): the
   convolutions' and matmuls' (parameters and logits stay float32).
+
+  Args:
+    input_shape: (H, W, C) of the images, in pixels and channels.
+    num_classes: K >= 2 logits.
+    conv_channels: output channels of each convolution, in order.
+    conv_kernel: odd kernel side in pixels (SAME padding of conv_kernel // 2).
+    hidden: widths of the fully connected ReLU layers, in order.
+    dropout: rate in [0, 1) applied before the logits when training.
+    dtype: computation dtype; None: float32.
+    rngs: initialisation keys.
+
+  Raises:
+    ValueError: an input_shape that is not three positive sizes, num_classes < 2, an even or
+      non-positive conv_kernel, or dropout outside [0, 1).
   """
 
   def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,

@@ -1,10 +1,10 @@
 """2-D convolution as an explicit patch gather followed by one GEMM.
 
-XLA:CPU's native convolution is slow for CapsNet's 9x9 kernels (its backward pass is ~20x slower
-than a matmul of the same FLOPs on the CPUs we measured), so on CPU the layers use this
-formulation: patches are gathered with precomputed indices and contracted with the kernel in a
-single large matmul, and autodiff turns the gather into a scatter-add. On other backends
-`impl="auto"` uses XLA's native convolution (not yet measured on a GPU here).
+XLA:CPU's native convolution is slow for CapsNet's 9x9 kernels (its backward pass most of all,
+against a matmul of the same FLOPs; measured figures: docs/results.md), so on CPU the layers use
+this formulation: patches are gathered with precomputed indices and contracted with the kernel in
+a single large matmul, and autodiff turns the gather into a scatter-add. On other backends
+`impl="auto"` uses XLA's native convolution.
 """
 
 import functools
@@ -17,7 +17,7 @@ IMPLEMENTATIONS = ("auto", "gemm", "native")
 
 
 def output_size(size: int, kernel: int, stride: int) -> int:
-  """Spatial size of a VALID convolution."""
+  """Spatial size (pixels) of a VALID convolution's output: (size - kernel) // stride + 1."""
   return (size - kernel) // stride + 1
 
 
@@ -35,6 +35,9 @@ def extract_patches(x: jnp.ndarray, kernel: int, stride: int) -> jnp.ndarray:
 
   Args:
     x: [B, H, W, C].
+    kernel: patch side k in pixels (k x k patches).
+    stride: step between patches in pixels, the same in both spatial dimensions.
+
   Returns:
     [B, OH*OW, kernel*kernel*C], ordered (kernel row, kernel col, channel) like an HWIO kernel.
   """
@@ -54,8 +57,12 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, stride: int,
     stride: the same in both spatial dimensions.
     impl: "gemm" (patch gather + one matmul), "native" (`lax.conv_general_dilated`) or "auto"
       (gemm on CPU, native elsewhere).
+
   Returns:
-    [B, OH, OW, C_out].
+    [B, OH, OW, C_out], OH = (H - k) // stride + 1 (`output_size`), likewise OW.
+
+  Raises:
+    ValueError: `impl` is not one of IMPLEMENTATIONS.
   """
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}.")

@@ -35,8 +35,10 @@ def to_float(images: Any) -> Any:
   Args:
     images: any shape; uint8 (0..255) or floating point (in [0, 1]; not checked). A numpy array
       (or list) stays numpy (on the host), a jax array or tracer stays jax.
+
   Returns:
     the same shape, float32.
+
   Raises:
     ValueError: for any other dtype (bool, int8, int32, uint16, ...), naming it.
   """
@@ -50,7 +52,11 @@ def to_float(images: Any) -> Any:
 
 
 def check_image_shape(images: Any, input_shape: Sequence[int]) -> None:
-  """Raises ValueError unless `images` is a batch [B, *input_shape] (input_shape = (H, W, C))."""
+  """Checks that `images` is a batch [B, *input_shape] (input_shape = (H, W, C)).
+
+  Raises:
+    ValueError: for any other shape (rank other than 4, or other H, W or C), naming it.
+  """
   shape = tuple(jnp.shape(images))
   if len(shape) != 4 or shape[1:] != tuple(input_shape):
     raise ValueError(f"images must have shape [B, {', '.join(map(str, input_shape))}] (NHWC), "
@@ -71,6 +77,13 @@ def _concrete_float(images: Any) -> bool:
 def network_images(images: Any, input_shape: Sequence[int]) -> Any:
   """A network's input batch: `check_image_shape`, then `to_float` (float32 [B, H, W, C]).
 
+  Args:
+    images: [B, H, W, C] uint8 (0..255) or floating point in [0, 1]; array, tracer or list.
+    input_shape: (H, W, C) the network takes.
+
+  Returns:
+    float32 [B, H, W, C] in [0, 1] (numpy stays numpy, jax stays jax).
+
   Raises:
     ValueError: for a shape other than [B, *input_shape], a dtype `to_float` refuses, or
       concrete (not traced) float values outside [0, 1] (NaN included).
@@ -86,8 +99,11 @@ def network_images(images: Any, input_shape: Sequence[int]) -> Any:
 
 
 def check_label_dtype(labels: Any) -> None:
-  """Raises ValueError unless `labels` (array, tracer, ShapeDtypeStruct or list) are integers;
-  bool and floating point are refused, naming the dtype."""
+  """Checks that `labels` (array, tracer, ShapeDtypeStruct or list) have an integer dtype.
+
+  Raises:
+    ValueError: for bool or floating-point labels (or any non-integer dtype), naming the dtype.
+  """
   dtype = _dtype(labels)
   if not jnp.issubdtype(dtype, jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {dtype}.")

@@ -20,6 +20,15 @@ class Conv2D(nnx.Module):
   Input [B, H, W, C_in] -> output [B, OH, OW, C_out]. Parameters: kernel [k, k, C_in, C_out]
   (HWIO, LeCun-normal init, like `nnx.Conv`) and bias [C_out] (none if not `use_bias`).
   `dtype`: the computation's dtype (e.g. bfloat16; None: the input's); parameters stay float32.
+
+  Args:
+    in_features: input channels C_in.
+    out_features: output channels C_out.
+    kernel_size: kernel side k in pixels (k x k).
+    stride: step in pixels, the same in both spatial dimensions.
+    use_bias: learn a bias [C_out] (initialised to zeros).
+    dtype: computation dtype; None: the input's.
+    rngs: the kernel's initialisation draws from `rngs.params()`.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int = 1, *,
@@ -39,10 +48,22 @@ class Conv2D(nnx.Module):
 class PrimaryCaps(nnx.Module):
   """Convolutional capsules: conv (k x k, stride s) to channels*dim maps, reshape, squash.
 
-  Input [B, H, W, C_in] -> output [B, OH*OW*channels, dim] (for MNIST: [B, 1152, 8]).
-  `official`: the official code's form, squash(conv(x) / channels + b) with a conv without bias
-  and b [channels, dim] (its one routing iteration over `channels` outputs with one input gives
-  every coupling 1 / channels). `dtype`: the convolution's (the squash is float32).
+  The paper's primary capsules (§4, Fig. 1): input [B, H, W, C_in] -> output
+  [B, OH*OW*channels, dim] float32 (for MNIST: [B, 1152, 8]), capsule (row * OW + col) *
+  channels + type, each squashed (Eq. 1). `official`: the official code's form,
+  squash(conv(x) / channels + b) with a conv without bias and b [channels, dim] (its one routing
+  iteration over `channels` outputs with one input gives every coupling 1 / channels). `dtype`:
+  the convolution's (the squash is float32).
+
+  Args:
+    in_features: input channels C_in (Conv1's 256).
+    channels: capsule types per position (32).
+    dim: capsule dimension (8).
+    kernel_size: kernel side in pixels (9).
+    stride: step in pixels (2).
+    official: the official code's form above, with its learnable b [channels, dim].
+    dtype: the convolution's computation dtype; None: the input's.
+    rngs: initialisation keys.
   """
 
   def __init__(self, in_features: int, channels: int, dim: int, kernel_size: int, stride: int,
@@ -74,6 +95,27 @@ class DigitCaps(nnx.Module):
   time inside the routing loop (`dynamic_routing_chunked`), so the [B, N_in, N_out, D_out] votes
   tensor is never held whole: much less memory, same results, some extra compute.
   `dtype` (e.g. bfloat16): the votes' matmul runs in it; the routing itself is float32.
+
+  The paper's digit capsules: votes û_j|i = W_ij u_i (Eq. 2), then the rule computes the
+  couplings c_ij (dynamic routing: softmax over j of the logits b_ij, Eq. 3) and
+  v_j = squash(s_j) (Eq. 1). W is initialised from a normal of stddev 0.01.
+
+  Args:
+    num_in: input capsules N_in (1152 for MNIST).
+    in_dim: input capsule dimension D_in (8).
+    num_out: output capsules N_out (one per class, 10).
+    out_dim: output capsule dimension D_out (16).
+    routing: a registered rule name (`capsjax.routing.available()`).
+    num_iters: routing iterations r >= 1 (ignored by one-pass rules).
+    routing_options: keyword options of the rule (`capsjax rules` lists them).
+    vote_chunk_size: input capsules per chunk of votes (dynamic routing only); None: all at once.
+    bias: learn b [N_out, D_out] added to s_j (the official variant).
+    dtype: the votes' matmul dtype; None: the input's.
+    rngs: initialisation keys.
+
+  Raises:
+    ValueError: an unknown rule, an option the rule does not take (or of the wrong kind), or a
+      `vote_chunk_size` below 1 or with a rule other than "dynamic".
   """
 
   def __init__(self, num_in: int, in_dim: int, num_out: int, out_dim: int, routing: str,
@@ -113,10 +155,17 @@ class DigitCaps(nnx.Module):
 
 
 class Decoder(nnx.Module):
-  """MLP reconstructing the image from the masked DigitCaps (Fig. 2).
+  """MLP reconstructing the image from the masked DigitCaps (§4.1, Fig. 2).
 
-  Input [B, N_out * D_out] -> output [B, H, W, C] in [0, 1] (sigmoid, float32). `dtype`: the
-  matmuls' (None: float32).
+  Input [B, N_out * D_out] -> output [B, H, W, C] in [0, 1] (sigmoid, float32). Hidden layers
+  are ReLU. `dtype`: the matmuls' (None: float32).
+
+  Args:
+    in_features: N_out * D_out (160 for MNIST).
+    hidden: widths of the hidden layers ((512, 1024) in the paper).
+    out_shape: (H, W, C) of the reconstruction.
+    dtype: the matmuls' computation dtype; None: float32.
+    rngs: initialisation keys.
   """
 
   def __init__(self, in_features: int, hidden: Sequence[int], out_shape: Sequence[int], *,

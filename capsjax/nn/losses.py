@@ -10,15 +10,19 @@ RECONSTRUCTION_WEIGHT = 0.0005
 
 def margin_loss(lengths: jnp.ndarray, labels_onehot: jnp.ndarray, m_plus: float = 0.9,
                 m_minus: float = 0.1, lam: float = 0.5) -> jnp.ndarray:
-  """Eq. 4 summed over classes.
+  """The margin loss (Eq. 4) summed over classes.
 
   L_k = T_k max(0, m+ - |v_k|)^2 + lam (1 - T_k) max(0, |v_k| - m-)^2.
 
   Args:
-    lengths: [B, K] capsule lengths |v_k|.
-    labels_onehot: [B, K] targets T_k in {0, 1}.
+    lengths: [B, K] capsule lengths |v_k| (class scores).
+    labels_onehot: [B, K] targets T_k in {0, 1} (two-hot for MultiMNIST).
+    m_plus: m+, the length a present class should reach (0.9).
+    m_minus: m-, the length an absent class should stay under (0.1).
+    lam: lambda, the down-weighting of absent classes (0.5).
+
   Returns:
-    [B] per-example loss.
+    [B] per-example loss, sum_k L_k.
   """
   present = labels_onehot * jnp.square(jnp.maximum(0.0, m_plus - lengths))
   absent = lam * (1.0 - labels_onehot) * jnp.square(jnp.maximum(0.0, lengths - m_minus))
@@ -31,9 +35,14 @@ def reconstruction_loss(recon: jnp.ndarray, images: jnp.ndarray) -> jnp.ndarray:
   Args:
     recon: [B, H, W, C] decoder output in [0, 1].
     images: [B, H, W, C] targets: uint8 (0..255, read as /255) or float in [0, 1]
-      (`capsjax.nn.inputs.to_float`; another dtype raises ValueError naming it).
+      (`capsjax.nn.inputs.to_float`).
+
   Returns:
-    [B] per-example sum of squared errors (float32).
+    [B] per-example sum of squared errors (float32), unweighted (the loss uses
+      RECONSTRUCTION_WEIGHT x this, §4.1).
+
+  Raises:
+    ValueError: `images` of a dtype other than uint8 or floating point, naming it.
   """
   diff = (recon - to_float(images)).reshape(recon.shape[0], -1)
   return jnp.sum(jnp.square(diff), axis=-1)
@@ -51,9 +60,12 @@ def two_digit_terms(lengths: jnp.ndarray, labels: jnp.ndarray, reconstructions: 
   that digit's own shifted image, as the official code's `_remake` does per digit), weighted.
 
   Args:
-    lengths: [B, K] capsule lengths; labels: [B, 2] int, the two classes.
+    lengths: [B, K] capsule lengths.
+    labels: [B, 2] int, the two classes.
     reconstructions: [B, 2, H, W, C] the decoder's output for each digit's class.
     digits: [B, 2, H, W, C] float in [0, 1], each digit alone on the canvas.
+    recon_weight: weight of the summed reconstruction error (0.0005, §4.1).
+
   Returns:
     (total [B] = margin + recon_weight * recon, margin [B], recon_1 + recon_2 [B]).
   """

@@ -47,12 +47,20 @@ def _is_concrete(x: Any) -> bool:
 
 
 def check_labels(labels: Any, num_classes: int) -> None:
-  """Raises ValueError unless `labels` are integers (`capsjax.nn.inputs.check_label_dtype`: float
-  and bool refused, the dtype named) and, when concrete, lie in [0, num_classes).
+  """Checks that `labels` are integers and, when concrete, lie in [0, num_classes).
 
   Traced labels (inside `jax.jit`) have a dtype but no values to check: `CapsNet` then adds a
   `checkify.debug_check`, which reports them under `checkify.checkify` and costs nothing otherwise.
   capsjax's training loop checks each split's labels once, when it is loaded (`data.Split`).
+
+  Args:
+    labels: class indices of any shape (array, tracer or list); of a multi-process array only
+      this process's shards are read.
+    num_classes: K; valid labels are 0..K-1.
+
+  Raises:
+    ValueError: a float or bool dtype (`capsjax.nn.inputs.check_label_dtype`, the dtype named),
+      or concrete values outside [0, num_classes).
   """
   check_label_dtype(labels)
   if not _is_concrete(labels):
@@ -91,6 +99,31 @@ class CapsNet(nnx.Module):
   `dtype=jnp.bfloat16` runs the convolutions, the votes' matmul and the decoder's matmuls in
   bfloat16 (mixed precision); parameters, the routing (its softmax), the squash and the outputs
   stay float32. It is not a setting of the network: the parameters are the same either way.
+
+  Args:
+    input_shape: (H, W, C) of the images, in pixels and channels.
+    num_classes: K >= 2, one digit capsule per class.
+    conv_channels: Conv1's channels (256).
+    conv_kernel: Conv1's kernel side in pixels (9; stride 1, ReLU).
+    primary_channels: primary capsule types (32).
+    primary_dim: primary capsule dimension (8).
+    primary_kernel: PrimaryCaps' kernel side in pixels (9).
+    primary_stride: PrimaryCaps' stride in pixels (2).
+    digit_dim: digit capsule dimension (16).
+    routing: a registered routing rule (`capsjax.routing.available()`; "dynamic": Procedure 1).
+    routing_iters: routing iterations r >= 1 (3).
+    routing_options: keyword options of the rule, e.g. {"leaky": True}.
+    vote_chunk_size: dynamic routing only: input capsules per chunk of votes; None: all at once.
+    decoder_hidden: the decoder's hidden widths ((512, 1024)).
+    variant: "paper" or "official" (above).
+    dtype: computation dtype (None: float32; jnp.bfloat16: mixed precision, above).
+    rngs: initialisation keys.
+
+  Raises:
+    ValueError: an input_shape that is not three positive sizes or is too small for Conv1 and
+      PrimaryCaps, num_classes < 2, routing_iters < 1, an unknown variant, variant "official"
+      with another rule or with vote chunking, or a routing rule, option or chunk size that
+      `DigitCaps` refuses.
   """
 
   def __init__(self, *, input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
@@ -179,8 +212,15 @@ class CapsNet(nnx.Module):
                          couplings=couplings)
 
   def decode(self, v: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
-    """The decoder (Fig. 2) on DigitCaps `v` [B, classes, digit_dim] masked to `classes` [B]:
-    reconstructions [B, H, W, C] in [0, 1]."""
+    """The decoder (§4.1, Fig. 2) on the digit capsules masked to one class each.
+
+    Args:
+      v: [B, num_classes, digit_dim] digit capsules.
+      classes: [B] int, the class whose capsule each example keeps (the others are zeroed).
+
+    Returns:
+      [B, H, W, C] reconstructions in [0, 1], float32.
+    """
     mask = jax.nn.one_hot(classes, self.num_classes, dtype=v.dtype)
     return self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
 

@@ -20,7 +20,11 @@ PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}
 
 
 def compute_dtype(precision: str) -> Any:
-  """The computation dtype of `precision` ("fp32": None, "bf16": bfloat16)."""
+  """The computation dtype of `precision` ("fp32": None, i.e. float32; "bf16": jnp.bfloat16).
+
+  Raises:
+    ValueError: `precision` is not a key of PRECISIONS.
+  """
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
   return PRECISIONS[precision]

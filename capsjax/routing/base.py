@@ -39,7 +39,12 @@ class ParamInit(Protocol):
     ...
 
 def check_votes(u_hat: jnp.ndarray, num_iters: int) -> None:
-  """Raises ValueError unless u_hat is [N_in, N_out, D_out] and num_iters >= 1."""
+  """Checks a rule's inputs: votes û_j|i of ONE example and an iteration count.
+
+  Raises:
+    ValueError: u_hat is not of rank 3 ([N_in, N_out, D_out]; a batch needs `jax.vmap`), or
+      num_iters is not an integer >= 1.
+  """
   if jnp.ndim(u_hat) != 3:
     raise ValueError(
         f"u_hat must be one example of shape [N_in, N_out, D_out] (rank 3), got shape "
@@ -48,7 +53,11 @@ def check_votes(u_hat: jnp.ndarray, num_iters: int) -> None:
 
 
 def check_num_iters(num_iters: int) -> None:
-  """Raises ValueError unless num_iters is an integer >= 1."""
+  """Checks a routing iteration count.
+
+  Raises:
+    ValueError: num_iters is not an int >= 1 (a bool is refused).
+  """
   if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
     raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}.")
 

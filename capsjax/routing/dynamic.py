@@ -11,7 +11,10 @@ from capsjax.routing.registry import register
 
 
 def _couplings(b: jnp.ndarray, leaky: bool) -> jnp.ndarray:
-  """Eq. 3: c_ij = softmax_j(b_ij), over the OUTPUT capsules j. [N_in, N_out] -> same."""
+  """Eq. 3: couplings c_ij = softmax_j(logits b_ij), over the OUTPUT capsules j.
+
+  [N_in, N_out] -> same.
+  """
   if not leaky:
     return jax.nn.softmax(b, axis=-1)
   # Official code's leaky routing: an extra zero logit ("orphan" parent) absorbs part of the
@@ -25,10 +28,10 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
                     leaky: bool = False, bias: jnp.ndarray | None = None) -> RoutingResult:
   """Procedure 1 for one example.
 
-  b = 0; repeat num_iters times: c = softmax_j(b) (Eq. 3); s_j = sum_i c_ij u_hat_j|i (Eq. 2);
-  v_j = squash(s_j) (Eq. 1); b_ij += u_hat_j|i . v_j. Procedure 1 does this update in every
-  iteration, the last included; here it is skipped after the last one, our choice with the same
-  outputs: v and the returned c are computed before it and nothing reads b afterwards.
+  Logits b_ij = 0; repeat num_iters times: couplings c = softmax_j(b) (Eq. 3); s_j = sum_i c_ij
+  û_j|i (Eq. 2); v_j = squash(s_j) (Eq. 1); b_ij += û_j|i . v_j. Procedure 1 does this update in
+  every iteration, the last included; here it is skipped after the last one, our choice with the
+  same outputs: v and the returned c are computed before it and nothing reads b afterwards.
 
   Args:
     u_hat: [N_in, N_out, D_out] prediction vectors ("votes") u_hat_j|i = W_ij u_i.
@@ -42,6 +45,9 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
 
   Returns:
     RoutingResult(v [N_out, D_out], c [N_in, N_out]) with the couplings of the last iteration.
+
+  Raises:
+    ValueError: u_hat not of rank 3, or num_iters not an integer >= 1.
   """
   check_votes(u_hat, num_iters)
   b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
@@ -56,8 +62,12 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
 
 
 def check_vote_chunking(routing: str, vote_chunk_size: int | None) -> None:
-  """Raises ValueError unless `vote_chunk_size` is None, or a positive size with routing
-  'dynamic' (the only rule with a chunked form)."""
+  """Checks a `vote_chunk_size` setting against the routing rule it is used with.
+
+  Raises:
+    ValueError: `vote_chunk_size` is not None and either below 1 or used with a rule other than
+      "dynamic" (the only rule with a chunked form).
+  """
   if vote_chunk_size is not None and (routing != "dynamic" or vote_chunk_size < 1):
     raise ValueError(f"vote_chunk_size works with routing 'dynamic' only and must be >= 1, got "
                      f"{vote_chunk_size} with routing {routing!r}.")
@@ -77,7 +87,9 @@ def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, 
   Args:
     u: [N_in, D_in] input capsules of one example.
     W: [N_in, N_out, D_out, D_in] transformation matrices (shared across the batch).
-    num_iters, stop_gradient, leaky: as in `dynamic_routing`.
+    num_iters: as in `dynamic_routing`.
+    stop_gradient: as in `dynamic_routing`.
+    leaky: as in `dynamic_routing`.
     chunk_size: input capsules per chunk (N_in is zero-padded to a multiple of it; zero inputs
       give zero votes, which add nothing to s_j).
     dtype: the votes' matmul dtype (e.g. bfloat16, as `DigitCaps(dtype=...)` without chunking;
@@ -85,6 +97,10 @@ def dynamic_routing_chunked(u: jnp.ndarray, W: jnp.ndarray, num_iters: int = 3, 
 
   Returns:
     RoutingResult(v [N_out, D_out], c [N_in, N_out]).
+
+  Raises:
+    ValueError: u and W of mismatched shapes (N_in or D_in), chunk_size not an integer >= 1, or
+      num_iters not an integer >= 1.
   """
   if jnp.ndim(u) != 2 or jnp.ndim(W) != 4 or W.shape[0] != u.shape[0] or W.shape[3] != u.shape[1]:
     raise ValueError(f"expected u [N_in, D_in] and W [N_in, N_out, D_out, D_in] with matching "

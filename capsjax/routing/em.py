@@ -20,13 +20,11 @@ sum_i R_ij), which saturates the logistic, so sum_i R_ij is taken relative to it
 outputs; the inverse temperature lambda rises over the iterations,
 lambda_t = final_lambda (1 - 0.95^(t+1)) / (1 - 0.95^T), reaching `final_lambda` at the last one.
 
-One change of ours, measured: with the raw sigma a class can lower its cost for EVERY input by
-shrinking its transformation matrices, and on MNIST one class then took all predictions (train
-accuracy at chance). With `scale_free_cost` (default) the cost uses sigma relative to the votes'
-root mean square, log sigma - log sqrt(sigma^2 + mu^2), which only agreement can lower. In a
-120-step probe (quick preset, 4,096 training images, 1,000 test images, final_lambda 5/16) test
-accuracy was 8.7% with the raw sigma and 92.7% with the scale-free cost (92.0% at the default
-final_lambda 0.5). The E-step is unchanged.
+One change of ours: with the raw sigma a class can lower its cost for EVERY input by shrinking
+its transformation matrices, and on MNIST one class then took all predictions (train accuracy at
+chance). With `scale_free_cost` (default) the cost uses sigma relative to the votes' root mean
+square, log sigma - log sqrt(sigma^2 + mu^2), which only agreement can lower (measured figures:
+docs/results.md). The E-step is unchanged.
 
 beta_u and beta_a are learnable, one per output capsule.
 """
@@ -46,7 +44,11 @@ def _betas(key: jax.Array, num_in: int, num_out: int, dim: int) -> dict[str, jnp
 
 
 def inverse_temperatures(num_iters: int, final_lambda: float) -> list[float]:
-  """lambda_t for t = 0..num_iters-1, rising to `final_lambda` at the last iteration."""
+  """The inverse temperatures lambda_t for t = 0..num_iters-1.
+
+  lambda_t = final_lambda (1 - 0.95^(t+1)) / (1 - 0.95^num_iters): rising, `final_lambda` at
+  the last iteration.
+  """
   top = 1.0 - 0.95 ** num_iters
   return [final_lambda * (1.0 - 0.95 ** (t + 1)) / top for t in range(num_iters)]
 
@@ -60,18 +62,22 @@ def em_routing(u_hat: jnp.ndarray, *, num_iters: int = 3, activations: jnp.ndarr
   """EM routing for one example; carries activations.
 
   Args:
-    u_hat: [N_in, N_out, D_out] votes V_ij.
+    u_hat: [N_in, N_out, D_out] votes V_ij (û_j|i).
     num_iters: EM iterations >= 1 (M-step every iteration, E-step on all but the last).
     activations: [N_in] input activations a_i in [0, 1] (CapsNet passes the primary capsules'
       lengths); None means all ones.
-    beta_u, beta_a: [N_out] learnable cost offsets (None: zeros).
+    beta_u: [N_out] learnable cost offset, added per pose dimension (None: zeros).
+    beta_a: [N_out] learnable activation offset, the cost subtracted from it (None: zeros).
     final_lambda: inverse temperature of the last iteration.
     var_floor: added to every variance.
     scale_free_cost: use sigma relative to the votes' RMS in the cost (see the module docstring).
 
   Returns:
     RoutingResult(v [N_out, D_out] = mu (the poses), c [N_in, N_out] = R of the last M-step,
-    a [N_out] output activations in (0, 1)).
+      a [N_out] output activations in (0, 1)).
+
+  Raises:
+    ValueError: u_hat not of rank 3, num_iters < 1, or activations not of shape [N_in].
   """
   check_votes(u_hat, num_iters)
   n_in, n_out, dim = u_hat.shape

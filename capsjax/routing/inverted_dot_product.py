@@ -49,7 +49,10 @@ def inverted_dot_product_routing(u_hat: jnp.ndarray, *, num_iters: int = 3,
 
   Returns:
     RoutingResult(v [N_out, D_out] layer-normalised poses, c [N_in, N_out] last couplings,
-    a [N_out] = sigmoid(w_j . v_j + b_j), or None without `score_weight`).
+      a [N_out] = sigmoid(w_j . v_j + b_j), or None without `score_weight`).
+
+  Raises:
+    ValueError: u_hat not of rank 3, num_iters < 1, or score_weight not of shape [N_out, D_out].
   """
   check_votes(u_hat, num_iters)
   n_in, n_out, dim = u_hat.shape

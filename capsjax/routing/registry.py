@@ -83,10 +83,15 @@ def register(name: str, *, init_params: ParamInit | None = None, uses_activation
     iterative: False for one-pass rules (they accept and ignore `num_iters`).
     paper: what the rule follows, shown by `capsjax rules` (default: the first line of the
       docstring of the rule's module).
+
+  Returns:
+    The decorator `fn -> fn`, which records `fn` as rule `name`.
+
   Raises:
-    DuplicateRuleError (a ValueError): `name` is taken by another function. The same function
-      defined again by the same file (a module run as a script and imported, or reloaded)
-      replaces the old one.
+    ValueError: `name` is not a Python identifier (at the call).
+    DuplicateRuleError: a ValueError, when decorating: `name` is taken by another function. The
+      same function defined again by the same file (a module run as a script and imported, or
+      reloaded) replaces the old one.
   """
   if not isinstance(name, str) or not name.isidentifier():
     raise ValueError(f"routing rule name must be a Python identifier, got {name!r}.")
@@ -117,7 +122,13 @@ def available() -> list[str]:
 
 
 def info(name: str) -> RuleInfo:
-  """The `RuleInfo` of rule `name`; ValueError listing the available names if unknown."""
+  """The `RuleInfo` of rule `name` (installed plugins are loaded on the first lookup).
+
+  Raises:
+    ValueError: `name` is not registered; the message lists the available names and what each
+      loaded plugin module registers.
+    DuplicateRuleError: two installed plugins register the same name.
+  """
   _load_entry_points()
   if name not in _RULES:
     hints = [f" Plugin module {m!r} registers: {', '.join(_rules_of_module(m)) or 'no rule'}."
@@ -128,7 +139,7 @@ def info(name: str) -> RuleInfo:
 
 
 def get(name: str) -> RoutingRule:
-  """The rule function registered as `name`."""
+  """The rule function registered as `name` (`RuleInfo.fn`); ValueError as `info`."""
   return info(name).fn
 
 
@@ -168,7 +179,10 @@ def describe(name: str) -> dict[str, Any]:
 
   Returns:
     {"source", "paper", "iterative", "uses_activations", "options": {option: default, or
-    "(required)"}, "parameters": {parameter: shape, e.g. ["N_in", "N_out"]}}.
+      "(required)"}, "parameters": {parameter: shape, e.g. ["N_in", "N_out"]}}.
+
+  Raises:
+    ValueError: `name` is not registered (`info`).
   """
   rule = info(name)
   return {"source": rule.source, "paper": rule.paper, "iterative": rule.iterative,
@@ -177,11 +191,16 @@ def describe(name: str) -> dict[str, Any]:
 
 
 def check_options(name: str, options: Mapping[str, Any]) -> None:
-  """Raises ValueError if rule `name` does not take one of `options` as a keyword, or if a value
-  is not of its default's type (a bool for a bool default; an int, not a bool, for an int; an int
-  or float for a float; options without a default or with default None are not type-checked).
+  """Checks `options` (keyword name -> value) against the keyword options of rule `name`.
 
-  Learnable parameters and `activations` are supplied by the layer, so they are not options.
+  A value must be of its default's kind (a bool for a bool default; an int, not a bool, for an
+  int; an int or float for a float); options without a default or with default None are not
+  type-checked. Learnable parameters and `activations` are supplied by the layer, so they are
+  not options. A rule taking **kwargs accepts anything.
+
+  Raises:
+    ValueError: an unknown rule, an option the rule does not take (the message lists those it
+      takes), or a value not of its default's kind.
   """
   rule = info(name)
   params = inspect.signature(rule.fn).parameters
@@ -209,8 +228,18 @@ def _type_name(default: Any) -> str | None:
 
 def init_params(name: str, key: jax.Array, num_in: int, num_out: int, dim: int
                 ) -> dict[str, jax.Array]:
-  """The learnable parameters of rule `name` for a [num_in, num_out, dim] votes layer ({} if
-  none)."""
+  """The learnable parameters of rule `name` for a votes layer of [num_in, num_out, dim].
+
+  Args:
+    name: a registered rule.
+    key: PRNG key for the rule's `init_params`.
+    num_in: input capsules N_in.
+    num_out: output capsules N_out.
+    dim: output capsule dimension D.
+
+  Returns:
+    {option name: array} passed to the rule as keyword options ({} for a rule without any).
+  """
   rule = info(name)
   return {} if rule.init_params is None else dict(rule.init_params(key, num_in, num_out, dim))
 

@@ -43,6 +43,9 @@ def self_attention_routing(u_hat: jnp.ndarray, *, num_iters: int = 1,
 
   Returns:
     RoutingResult(v [N_out, D_out], c [N_in, N_out] softmax over outputs, without the prior).
+
+  Raises:
+    ValueError: u_hat not of rank 3, num_iters < 1, or log_prior not of shape [N_in, N_out].
   """
   check_votes(u_hat, num_iters)
   n_in, n_out, dim = u_hat.shape

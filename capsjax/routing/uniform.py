@@ -23,6 +23,9 @@ def uniform_routing(u_hat: jnp.ndarray, *, num_iters: int = 1) -> RoutingResult:
 
   Returns:
     RoutingResult(v [N_out, D_out], c [N_in, N_out] all equal to 1 / N_out).
+
+  Raises:
+    ValueError: u_hat not of rank 3, or num_iters not an integer >= 1.
   """
   check_votes(u_hat, num_iters)
   c = jnp.full(u_hat.shape[:2], 1.0 / u_hat.shape[1], u_hat.dtype)

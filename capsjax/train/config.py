@@ -15,7 +15,45 @@ from capsjax.train import archs
 
 @dataclasses.dataclass
 class TrainConfig:
-  """Everything a training run depends on. Presets: `capsjax.train.presets.get(name)`."""
+  """Everything a training run depends on. Presets: `capsjax.train.presets.get(name)`.
+
+  The defaults are the paper's MNIST settings (batch 128, Adam 1e-3 decayed x0.96 per 2,000
+  steps, 3 routing iterations, shifts of up to 2 px, reconstruction weight 0.0005) with a
+  staircase decay; the official code's continuous decay floored at 1e-6 is the `paper` preset's.
+  A run length (`epochs` or `max_steps`) must be set.
+
+  Attributes:
+    dataset: a name from `capsjax.data.datasets.available("train")`.
+    arch: the network, a name from `capsjax.train.archs.available()` (capsnet, baseline).
+    batch_size: global examples per step.
+    epochs: run length in epochs of full batches; `max_steps` wins when both are set.
+    max_steps: run length in steps.
+    learning_rate: Adam's initial learning rate.
+    decay_rate: learning rate x decay_rate ** (step / decay_steps).
+    decay_steps: steps per decay_rate factor.
+    decay_staircase: round the exponent down (False: continuous, as the official code).
+    min_learning_rate: floor of the learning rate (the official code: 1e-6).
+    max_shift: random shift augmentation, pixels along each axis (§5; 0: none).
+    recon_weight: weight of the summed squared reconstruction error (0.0005, §4.1).
+    routing: a rule name from `capsjax.routing.available()`, or MODULE:NAME (a plugin).
+    routing_iters: routing iterations r.
+    model: further keyword arguments of the network (e.g. {"digit_dim": 8}).
+    routing_options: keyword options of the routing rule.
+    vote_chunk_size: dynamic routing only: input capsules per chunk of votes (less memory).
+    plugins: modules imported before the rule is looked up (recorded with the run).
+    seed: the run's seed (initialisation, data order, augmentation, dropout).
+    log_every: steps between train records in metrics.jsonl.
+    eval_every: steps between test evaluations; 0: only at the end.
+    eval_batch_size: None: `steps.default_eval_batch_size()` of the backend.
+    test_examples: evaluate on this many test examples, spread evenly; None: all.
+    train_examples: train on the first N stored training examples only; None: all.
+    checkpoint_every: steps between checkpoints (one is always written at the end).
+    keep_checkpoints: how many complete checkpoints are kept.
+    pipeline: "device", "host" or "auto" (`capsjax.data.pipeline`).
+    steps_per_dispatch: training steps per compiled chunk; None: log_every.
+    precision: "fp32" or "bf16" (mixed precision, `capsjax.nn.objective.PRECISIONS`).
+    devices: data parallelism over this many local devices; None: all.
+  """
 
   dataset: str = "mnist"
   arch: str = "capsnet"  # the network: a name from capsjax.train.archs.available() (capsnet, baseline)
@@ -56,7 +94,7 @@ class TrainConfig:
   checkpoint_every: int = 1000  # steps between checkpoints; one is always written at the end
   keep_checkpoints: int = 3
   # Training data on the device ("device"), host batches copied per chunk ("host"), or "auto":
-  # the device when the split fits in a quarter of its memory (capsjax/pipeline.py).
+  # the device when the split fits in a quarter of its memory (`capsjax.data.pipeline`).
   pipeline: str = "auto"
   # Training steps per dispatch to the device (one compiled loop; their metrics come back in one
   # transfer); None: log_every. Chunks also end at every log, eval and checkpoint step.
@@ -75,7 +113,16 @@ class TrainConfig:
         self.plugins = [*self.plugins, module]
 
   def validate(self) -> "TrainConfig":
-    """Raises ValueError naming the first bad setting; returns self."""
+    """Checks every setting (and loads `plugins`, so the routing rule can be looked up).
+
+    Returns:
+      self, unchanged.
+
+    Raises:
+      ValueError: naming the first bad setting: a non-finite or non-positive size or rate, an
+        unknown dataset, arch, routing rule, option or pipeline, no run length, a setting of
+        another arch changed from its default, or a bad `model` setting.
+    """
     positive = ("batch_size", "learning_rate", "decay_steps", "routing_iters", "log_every",
                 "checkpoint_every", "keep_checkpoints")
     for name in ("learning_rate", "decay_rate", "min_learning_rate", "recon_weight"):

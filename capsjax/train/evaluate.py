@@ -20,11 +20,24 @@ from capsjax.train import archs, metrics, model_state, steps
 def evaluate_indexed(eval_step, state, stored, indices: np.ndarray, batch_size: int,
                      progress: bool = False, place: Callable[[Any], Any] | None = None
                      ) -> dict[str, float]:
-  """Evaluation over examples `indices` of a dataset built on `stored` (device arrays (images,
-  labels)); `eval_step` is `steps.make_eval_step(graphdef, loss_fn, builder)`. The last batch is
-  padded with example 0 and masked, so every batch has one shape (one compilation).
-  `place(batch)` puts each (index, valid) batch on the devices
-  (`capsjax.infra.parallel.batch_placer`). Returns `metrics.summarise` of the batches."""
+  """Evaluation over examples `indices` of a dataset built on `stored`.
+
+  The last batch is padded with example 0 and masked, so every batch has one shape (one
+  compilation).
+
+  Args:
+    eval_step: `steps.make_eval_step(graphdef, loss_fn, builder)`.
+    state: the state `eval_step` merges with its graphdef (model, or (model, optimizer)).
+    stored: (images, labels) of the stored test split, device arrays.
+    indices: [N] int example indices of the set built on `stored`.
+    batch_size: examples per compiled batch.
+    progress: show a tqdm bar of batches (each batch then waits for its result).
+    place: puts each (index, valid) batch on the devices (`capsjax.infra.parallel.batch_placer`);
+      None: as is.
+
+  Returns:
+    `metrics.summarise` of the batches: {"loss", the loss terms, "accuracy", "examples"}.
+  """
   num_batches = -(-len(indices) // batch_size)
   place = place or (lambda batch: batch)
   results = []
@@ -55,9 +68,23 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
   own test set if it recorded none (so an expanded_mnist run evaluates 10,000 affnist_style
   examples, not all 320,000). With `progress`, a bar counts the examples out of that total.
 
-  Raises ValueError (one line) for an unknown dataset, a count that is not a positive integer or
-  "all", more test examples than the set has, or a dataset whose inputs differ in shape from
-  what the network takes.
+  Args:
+    workdir: a training run's workdir.
+    dataset: a test set name (`capsjax.data.datasets.available("test")`); None: the run's own.
+    data_dir: TFDS data_dir; None: $TFDS_DATA_DIR.
+    test_examples: N, "all" or None, as above.
+    batch_size: examples per compiled batch; None: `steps.default_eval_batch_size()`.
+    progress: show a progress bar of examples.
+    step: the checkpoint; None: the newest complete one.
+
+  Returns:
+    {"dataset", "step", "split", "test_accuracy", "test_loss", the network's "test_<term>"
+      losses, "test_examples"}.
+
+  Raises:
+    ValueError: (one line) an unknown dataset, a count that is not a positive integer or "all",
+      more test examples than the set has, a dataset whose inputs differ in shape from what the
+      network takes, or a workdir or checkpoint that cannot be read (`model_state.load_for_eval`).
   """
   datasets.check_test_examples(test_examples)
   graphdef, state, meta = model_state.load_for_eval(workdir, step)
@@ -65,13 +92,7 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
   name = dataset or config.dataset
   chosen = datasets.get(name, "test")
   settings = meta["model"]
-  # count None: the whole set; at_most: a default carried over to another set, cut to its size.
-  count, at_most = (None if test_examples == "all" else test_examples), False
-  if test_examples is None:
-    count, at_most = config.test_examples, name != config.dataset
-    if at_most and count is None:  # the run evaluated the whole of its own test set
-      own = datasets.get(config.dataset, "test")
-      count = own.size("test", own.load("test", data_dir, None))
+  count, at_most = _test_count(config, name, test_examples, data_dir)
   stored = chosen.load("test", data_dir, count if chosen.host_batches and not at_most else None)
   build = chosen.builder(config, "test", stored)
   given = datasets.input_shape(build, stored)
@@ -102,3 +123,17 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
     result = evaluate_indexed(counted, state, jax.device_put((stored.images, stored.labels)),
                               indices, batch_size or steps.default_eval_batch_size())
   return {"dataset": name, **metrics.test_record(int(meta["step"]), result)}
+
+
+def _test_count(config, name: str, test_examples: int | str | None, data_dir
+                ) -> tuple[int | None, bool]:
+  """(count, at_most) of `evaluate_checkpoint`: count None is the whole set; at_most marks a
+  run's default carried over to another dataset, to be cut to that set's size."""
+  if test_examples is not None:
+    return (None if test_examples == "all" else test_examples), False
+  at_most = name != config.dataset
+  count = config.test_examples
+  if at_most and count is None:  # the run evaluated the whole of its own test set
+    own = datasets.get(config.dataset, "test")
+    count = own.size("test", own.load("test", data_dir, None))
+  return count, at_most

@@ -56,14 +56,16 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     progress: show tqdm progress bars (stderr).
     tensorboard: also write the metrics and test reconstructions to WORKDIR/tensorboard (needs
       tensorboardX; `capsjax.train.tensorboard`).
+
   Returns:
     The final test record: {"step", "split", "test_accuracy", "test_loss", the network's
-    "test_<term>" losses, "test_examples", "elapsed_s", "train_seconds"}.
+      "test_<term>" losses, "test_examples", "elapsed_s", "train_seconds"} (times in seconds).
+
   Raises:
     ValueError: bad input, or a checkpoint in `workdir` of a different model.
     TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint of the last finished step was saved.
     NonFiniteError: a NaN/Inf loss, gradient or updated parameter; nothing of that step was saved.
-    WorkdirBusyError (a ValueError): another process is training in `workdir`.
+    WorkdirBusyError: a ValueError: another process is training in `workdir`.
     StorageError: a checkpoint, metrics.jsonl or config.json could not be written (disk full,
       read-only, workdir removed); complete checkpoints and written metrics lines are intact.
   """

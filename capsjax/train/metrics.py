@@ -31,6 +31,12 @@ class MetricsWriter:
     self.guard, self.last_checkpoint, self.also = guard, last_checkpoint, also
 
   def write(self, record: dict[str, Any]) -> None:
+    """Appends `record` (JSON-serialisable) as one line, then passes it to `also`.
+
+    Raises:
+      StorageError: the line could not be written (or `guard` failed), ending with the
+        `last_checkpoint()` phrase when one was given.
+    """
     try:
       self.guard()
       append_line(self.path, json.dumps(record))
@@ -73,7 +79,15 @@ class LogWindow:
 
   A record's `images_per_sec` counts training alone: the seconds spent saving checkpoints and
   evaluating within the window (`aside`) are taken out and logged beside it (`checkpoint_s`,
-  `eval_s`). `learning_rate` is `schedule`'s value at the window's last step.
+  `eval_s`, in seconds). `learning_rate` is `schedule`'s value at the window's last step.
+
+  Args:
+    config: the run's TrainConfig (batch_size, log_every).
+    total_steps: the run's last step (always logged).
+    schedule: the learning-rate schedule, `schedule(optimizer step)`.
+    write: writes one record (a metrics.jsonl line).
+    bar: the tqdm progress bar, advanced by the steps run.
+    started: `time.time()` at the run's start (for `elapsed_s`).
   """
 
   def __init__(self, config, total_steps: int, schedule: Callable[[int], Any],

@@ -119,8 +119,11 @@ def config_from_saved(saved: dict[str, Any], report: Callable[[str], None] = pri
   """The TrainConfig a checkpoint recorded, as this version reads it.
 
   Fields this version does not know are ignored (with a note through `report`), fields the
-  checkpoint lacks take their defaults; a value of the wrong kind, or one that fails
-  `validate`, raises a one-line ValueError naming the field.
+  checkpoint lacks take their defaults.
+
+  Raises:
+    ValueError: (one line, naming the field) a value of the wrong kind, or a config that fails
+      `TrainConfig.validate`.
   """
   fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
   unknown = sorted(set(saved) - set(fields))
@@ -149,9 +152,22 @@ def load_for_eval(workdir: str | os.PathLike, step: int | None = None, *,
   complete) checkpoints are never seen, and if the run deletes the newest checkpoint while it is
   being read (it keeps only the last few), the then newest one is read instead.
 
+  Args:
+    workdir: a training run's workdir (with checkpoints/).
+    step: the checkpoint to read; None: the newest complete one.
+    with_optimizer: restore the (model, optimizer) pair instead of the model alone.
+    report: receives notes on the recorded config (fields this version does not know).
+
   Returns:
-    (graphdef, state, meta): of the model alone (what evaluation needs), or of the
-    (model, optimizer) pair that training uses when `with_optimizer`.
+    A tuple (graphdef, state, meta): of the model alone (what evaluation needs), or of the
+      (model, optimizer) pair that training uses when `with_optimizer`; meta holds "step",
+      "config", "model" and "seed".
+
+  Raises:
+    ValueError: a missing or unreadable workdir, one without checkpoints, a step that does not
+      exist, or a recorded config this version cannot use.
+    CheckpointError: a ValueError: the checkpoint is damaged (missing, truncated or altered
+      files).
   """
   path = Path(workdir).expanduser()
   if not path.is_dir():

@@ -51,8 +51,8 @@ def table1_cpu() -> TrainConfig:
 
   `quick`'s schedule cut to 800 steps of batch 32 (0.43 epochs; the learning rate decayed x0.9
   every 60 steps, to 0.25e-3 by the end, as `quick` anneals over its 2,000), so that the
-  baseline CNN, whose steps cost about ten CapsNet steps on a CPU, also fits. Its errors are
-  those of a short run, not the paper's.
+  baseline CNN, whose steps cost several CapsNet steps on a CPU (measured figures:
+  docs/results.md), also fits. Its errors are those of a short run, not the paper's.
   """
   return dataclasses.replace(quick(), max_steps=800, decay_steps=60, checkpoint_every=200)
 

@@ -28,8 +28,8 @@ from capsjax.train.archs import LossFn, Outputs
 
 
 # Evaluation batch size per backend, chosen with benchmarks/eval_batch_size.py on the path
-# `capsjax eval` runs (README "Evaluation batch size": the CPU's best median is batch 100).
-# Accelerators keep large batches (not measured: no GPU was available).
+# `capsjax eval` runs (measured figures: docs/results.md). Backends without an entry here
+# (accelerators) keep a large batch, DEFAULT_EVAL_BATCH_SIZE.
 EVAL_BATCH_SIZE = {"cpu": 100}
 DEFAULT_EVAL_BATCH_SIZE = 500
 
@@ -40,7 +40,16 @@ def default_eval_batch_size(backend: str | None = None) -> int:
 
 
 class StepMetrics(NamedTuple):
-  """Batch sums (not means), so that eval can add them over batches of unequal size."""
+  """Batch sums (not means), so that eval can add them over batches of unequal size.
+
+  Attributes:
+    loss: the summed per-example objective (`Losses.total`).
+    terms: {name: sum} of the network's loss terms (CapsNet: margin_loss, reconstruction_loss).
+    correct: the number of examples counted right.
+    count: the number of (valid) examples.
+    finite: train step only (None from the eval step): 1.0 if the loss, every gradient and the
+      updated state are finite, else 0.0.
+  """
 
   loss: jnp.ndarray
   terms: dict[str, jnp.ndarray]  # the network's loss terms (CapsNet: margin/reconstruction)

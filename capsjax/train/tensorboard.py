@@ -55,4 +55,5 @@ class TensorBoardWriter:
     self._writer.flush()
 
   def close(self) -> None:
+    """Flushes and closes the event file."""
     self._writer.close()

@@ -1,5 +1,5 @@
 """The networks the training loop can train, by name: `capsnet` (the paper's CapsNet, default)
-and `baseline` (the paper's baseline CNN, §5). See `base.Arch` for what each provides."""
+and `baseline` (the paper's baseline CNN, §5). See `arch.Arch` for what each provides."""
 
 import inspect
 from typing import Any
@@ -21,7 +21,11 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Arch:
-  """The `Arch` called `name`; ValueError (one line, naming the choices) otherwise."""
+  """The `Arch` called `name`.
+
+  Raises:
+    ValueError: (one line, naming the choices) `name` is not registered.
+  """
   if name not in _ARCHS:
     raise ValueError(f"unknown arch {name!r}; expected one of {', '.join(_ARCHS)}.")
   return _ARCHS[name]

@@ -12,6 +12,9 @@ from capsjax.train.archs.arch import Arch, LossFn, Losses, Outputs, compute_dtyp
 
 
 def create(settings: dict[str, Any], config, rngs: nnx.Rngs) -> BaselineCNN:
+  """The BaselineCNN of recorded `settings` (input_shape, num_classes and any
+  `TrainConfig.model` options); `config.precision` sets the computation dtype, not a setting of
+  the network."""
   options = {k: v for k, v in settings.items() if k not in ("arch", "input_shape", "num_classes")}
   return BaselineCNN(input_shape=tuple(settings["input_shape"]),
                      num_classes=settings["num_classes"],
@@ -31,6 +34,8 @@ def loss(config) -> LossFn:
 
 
 def outputs(model: BaselineCNN, images: jnp.ndarray) -> Outputs:
+  """Test-time `Outputs` of images [B, H, W, C] float in [0, 1]: scores = softmax probabilities
+  [B, K]; no capsules, reconstructions or couplings (None)."""
   return Outputs(jax.nn.softmax(model(images)), None, None)
 
 

@@ -51,6 +51,9 @@ def loss_fn(recon_weight: float = losses.RECONSTRUCTION_WEIGHT) -> LossFn:
 
 
 def outputs(model: CapsNet, images: jnp.ndarray) -> Outputs:
+  """Test-time `Outputs` of images [B, H, W, C] float in [0, 1]: scores = capsule lengths |v_k|
+  (or the rule's activations) [B, K], the digit capsules [B, K, D], reconstructions from the
+  predicted class's capsule [B, H, W, C] and the couplings c_ij [B, N_primary, K]."""
   out = model(images)
   return Outputs(out.lengths, out.v, out.reconstructions, out.couplings)
 
