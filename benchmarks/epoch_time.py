@@ -1,4 +1,4 @@
-"""Seconds per epoch of a preset through the real training loop (`capsjax.train.train`).
+"""Seconds per epoch of a preset through the real training loop (`capsjax.train.loop.train`).
 
     python benchmarks/epoch_time.py --config paper --batch-size 128 --epochs 2
     python benchmarks/epoch_time.py --config quick --max-steps 60 --pipeline host   # a smoke run
@@ -69,7 +69,7 @@ def measure(config: config_lib.TrainConfig, data_dir: str | None, workdir: Path,
 def main(argv=None):
   tune_host_allocator()
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", default="paper", help="preset (capsjax/configs/)")
+  p.add_argument("--config", default="paper", help="preset (capsjax/train/presets.py)")
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--epochs", type=int, default=2)
   p.add_argument("--max-steps", type=int, default=None, help="instead of --epochs")

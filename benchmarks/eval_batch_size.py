@@ -2,8 +2,8 @@
 
     python benchmarks/eval_batch_size.py --data-dir ../shared/tensorflow_datasets
 
-What `capsjax eval` (`train.evaluate_checkpoint`) and the training loop run:
-`train.evaluate_indexed` of `steps.make_eval_step(graphdef, loss_fn, examples)` over the test
+What `capsjax eval` (`evaluate.evaluate_checkpoint`) and the training loop run:
+`evaluate.evaluate_indexed` of `steps.make_eval_step(graphdef, loss_fn, builder)` over the test
 split resident on the device, here `--images` examples of `--dataset`'s test set (default MNIST:
 its first N images; a built set: N spread over it), at each batch size; the last batch is padded
 as in a real evaluation. Each batch size is compiled and run once untimed, then timed in
@@ -44,7 +44,7 @@ def main(argv=None):
     p.error(f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}")
   if min(sizes) < 1 or args.images < 1 or args.rounds < 1:
     p.error("--batch-sizes, --images and --rounds must be positive")
-  # As `train.evaluate_checkpoint` builds the evaluation of a run of the TrainConfig defaults.
+  # As `evaluate.evaluate_checkpoint` builds the evaluation of a run of the TrainConfig defaults.
   config = TrainConfig()
   dataset = datasets.get(args.dataset, "test")
   try:

@@ -1,4 +1,4 @@
-"""The datasets the loop trains and evaluates on (capsjax/datasets): expanded MNIST, the
+"""The datasets the loop trains and evaluates on (capsjax/data): expanded MNIST, the
 affNIST-style warps, the affNIST `.mat` reader, MultiMNIST through the loop, and the commands
 that evaluate a checkpoint on another test set, with their bad input."""
 

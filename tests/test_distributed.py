@@ -1,4 +1,4 @@
-"""Multi-process training (capsjax/distributed.py) with two `capsjax train` processes on localhost,
+"""Multi-process training (capsjax/infra/distributed.py) with two `capsjax train` processes on localhost,
 the CPU backend and its gloo collectives: the same parameters as one process with the same global
 batch, Orbax saving and restoring across the processes, only process 0 reporting; bad input;
 checks decided once by process 0 (`distributed.decide`), so that a failed one ends every process

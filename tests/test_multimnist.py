@@ -1,4 +1,4 @@
-"""MultiMNIST generation (capsjax/multimnist.py), through `pairing`, the function the training
+"""MultiMNIST generation (capsjax/data/multimnist.py), through `pairing`, the function the training
 loop runs: the official construction (one placement per base digit, distinct partners of other
 classes, each shifted on its own, shifts within +-4 px with nothing clipped, pixels min(a + b,
 1)), deterministic in (key, index) across processes, jitted or not. Shifts and sources are read

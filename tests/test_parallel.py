@@ -1,4 +1,4 @@
-"""Data parallelism (capsjax/parallel.py) on 4 CPU devices made by
+"""Data parallelism (capsjax/infra/parallel.py) on 4 CPU devices made by
 `XLA_FLAGS=--xla_force_host_platform_device_count=4`, in a subprocess (the flag must be set
 before JAX starts): the same global batch gives the single-device run's parameters."""
 

@@ -26,7 +26,7 @@ def _bits(key: jax.Array) -> tuple:
 def _training_keys(seed: int) -> dict[str, list[tuple]]:
   """Every key a run of `seed` draws in its first STEPS steps, by use, derived the way the
   production code derives them."""
-  init = nnx.Rngs(streams.init_rngs_key(seed))  # what train.create_model passes the network
+  init = nnx.Rngs(streams.init_rngs_key(seed))  # what model_state.create_model passes the network
   base = streams.run_keys(seed)
   keys = {"init": [_bits(init.params()) for _ in range(16)], "data": [], "shift": [],
           "dropout": [], "multimnist/train": []}

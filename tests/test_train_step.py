@@ -1,5 +1,5 @@
 """Training and evaluation through the programs `capsjax train` and `capsjax eval` run (the
-loop's K-step chunk, `train.evaluate_indexed`; see real_path.py), the optimizer schedule and Orbax
+loop's K-step chunk, `evaluate.evaluate_indexed`; see real_path.py), the optimizer schedule and Orbax
 checkpoints, on a tiny CapsNet."""
 
 import jax

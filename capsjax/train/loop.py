@@ -282,6 +282,7 @@ def _run_chunks(run: _Run, graphdef, state, start_step: int, total_steps: int,
       step = done
       faults.after_step(done, lambda: stop.requested)
       _periodic_actions(run, done, total_steps, stop, state, ckpt, meta, window, evaluation)
+    bar.close()
     if start_step >= total_steps and distributed.is_main():
       print(f"Already trained to step {start_step} (>= {total_steps}); evaluating only.")
     elif start_step < total_steps:
@@ -302,6 +303,7 @@ def _periodic_actions(run: _Run, done: int, total_steps: int, stop: StopOnSignal
   # A signal may reach the processes of a multi-process run chunks apart: all stop at the first
   # chunk end where any has it, so that all save the same step together.
   if distributed.any_process(stop.requested) and done < total_steps:
+    window.bar.close()
     ckpt.save(done, state, meta)
     # (a process that got no signal itself reports SIGTERM, a scheduler's usual one)
     raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, str(ckpt.directory))
