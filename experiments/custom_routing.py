@@ -1,6 +1,7 @@
 """A routing rule defined outside capsjax: a module of your own that registers it (a plugin).
 
     python experiments/custom_routing.py --data-dir ../shared/tensorflow_datasets   # smoke run
+    export TFDS_DATA_DIR=../shared/tensorflow_datasets        # or --data-dir on each command
     PYTHONPATH=experiments capsjax train --routing custom_routing:tempered --workdir runs/t \
         --routing-option temperature=0.25 --max-steps 2000 --batch-size 32         # a real run
     PYTHONPATH=experiments capsjax eval --workdir runs/t       # imports custom_routing itself
