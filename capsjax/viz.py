@@ -534,9 +534,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       index outside them, an `out` that is not a directory, or matplotlib not installed.
   """
   from capsjax import api
-  from capsjax.data import storage
+  from capsjax.data import datasets, storage
   from capsjax.train import archs
-  from capsjax.data import datasets
 
   datasets.check_test_examples(test_examples)
 
@@ -668,8 +667,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 def _sample_rows(dataset: str, config, data_dir) -> list:
   """`samples`: 12 training examples (drawn with the data keys of training steps 0 and 1, where
   they have randomness) and 12 test examples."""
-  from capsjax.data import datasets
   from capsjax.core import streams
+  from capsjax.data import datasets
 
   rows = []
   base = streams.run_keys(config.seed)

@@ -35,7 +35,6 @@ from capsjax.infra.interrupt import TrainingInterrupted
 from capsjax.infra.runtime import tune_host_allocator
 from capsjax.nn.model import count_params
 from capsjax.train import presets
-from capsjax.train import config as config_lib
 from capsjax.train.config import TrainConfig
 from capsjax.train.loop import train
 from capsjax.train.model_state import create_model

@@ -216,10 +216,8 @@ def test_official_variant_trains_through_the_cli(tmp_path, data_dir):
 
 @pytest.mark.parametrize("name", ["quick", "hour", "paper", "baseline"])
 def test_every_preset_builds_the_papers_network(name):
-  from capsjax.train import config as config_lib
   from capsjax import data
-  from capsjax.train import model_state
-  from capsjax.train import steps
+  from capsjax.train import model_state, steps
 
   assert name in presets.available()
   config = presets.get(name).validate()

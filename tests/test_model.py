@@ -187,8 +187,8 @@ def test_vote_chunk_size_gives_the_same_network_output_and_gradients():
 
 def test_routing_parameters_are_trained_and_checkpointed(tmp_path):
   from capsjax import data
-  from capsjax.train import steps
   from capsjax.infra.checkpoint import Checkpointer
+  from capsjax.train import steps
 
   def state(seed):
     model = tiny_capsnet(seed, routing="em")

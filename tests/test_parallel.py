@@ -19,13 +19,12 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from capsjax import data
-    from capsjax.data import datasets
-    from capsjax.infra import parallel
-    from capsjax.data import pipeline
-    from capsjax.train import steps
     from capsjax.core import streams
-    from capsjax.train.archs import capsnet as capsnet_arch
+    from capsjax.data import datasets, pipeline
     from capsjax.data.augment import shift_transform
+    from capsjax.infra import parallel
+    from capsjax.train import steps
+    from capsjax.train.archs import capsnet as capsnet_arch
     from capsjax.train.config import TrainConfig
     from capsjax.train.loop import train
     from capsjax.train.model_state import create_state

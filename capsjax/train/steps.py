@@ -24,7 +24,7 @@ from flax import nnx
 from capsjax.core import streams
 from capsjax.core.streams import StepKeys
 from capsjax.nn.inputs import to_float  # uint8 /255, float as float32, others refused
-from capsjax.train.archs import LossFn, Outputs
+from capsjax.nn.objective import LossFn, Outputs
 
 
 # Evaluation batch size per backend, chosen with benchmarks/eval_batch_size.py on the path

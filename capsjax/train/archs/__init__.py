@@ -4,7 +4,8 @@ and `baseline` (the paper's baseline CNN, §5). See `arch.Arch` for what each pr
 import inspect
 from typing import Any
 
-from capsjax.train.archs.arch import Arch, LossFn, Losses, Outputs, PRECISIONS, compute_dtype
+from capsjax.nn.objective import LossFn, Losses, Outputs, PRECISIONS, compute_dtype
+from capsjax.train.archs.arch import Arch
 from capsjax.train.archs.baseline import ARCH as _BASELINE
 from capsjax.train.archs.capsnet import ARCH as _CAPSNET
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 import jax.numpy as jnp
 from flax import nnx
 
-from capsjax.nn.objective import LossFn, Losses, Outputs, PRECISIONS, compute_dtype
+from capsjax.nn.objective import LossFn, Outputs
 
 
 class Arch(NamedTuple):

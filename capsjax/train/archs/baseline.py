@@ -8,7 +8,8 @@ import optax
 from flax import nnx
 
 from capsjax.nn.cnn import BaselineCNN
-from capsjax.train.archs.arch import Arch, LossFn, Losses, Outputs, compute_dtype
+from capsjax.nn.objective import LossFn, Losses, Outputs, compute_dtype
+from capsjax.train.archs.arch import Arch
 
 
 def create(settings: dict[str, Any], config, rngs: nnx.Rngs) -> BaselineCNN:

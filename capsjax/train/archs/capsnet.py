@@ -8,7 +8,8 @@ from flax import nnx
 
 from capsjax.nn import losses
 from capsjax.nn.model import CapsNet
-from capsjax.train.archs.arch import Arch, LossFn, Losses, Outputs, compute_dtype
+from capsjax.nn.objective import LossFn, Losses, Outputs, compute_dtype
+from capsjax.train.archs.arch import Arch
 
 # TrainConfig fields that are CapsNet settings (recorded with the run's model settings).
 CONFIG_KEYS = ("routing", "routing_iters", "routing_options")
