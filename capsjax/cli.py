@@ -18,16 +18,18 @@ import argparse
 import ast
 import json
 import logging
+import os
 import shlex
 import sys
 import warnings
 from pathlib import Path
 
+from capsjax import __version__
 from capsjax import routing as routing_lib
 from capsjax.core.errors import one_line as _one_line
 from capsjax.data import datasets, pipeline, storage
 from capsjax.infra.runtime import tune_host_allocator
-from capsjax.train import archs
+from capsjax.train import archs, presets
 from capsjax.viz import VIZ_EXAMPLES
 
 EXIT_USAGE = 2
@@ -41,18 +43,33 @@ class _Parser(argparse.ArgumentParser):
     sys.exit(EXIT_USAGE)
 
 
+_RECORDED_DATA_DIR = "TFDS data_dir (default: $TFDS_DATA_DIR, else the one the run recorded)"
+
+
+def _data_dir(args) -> str | None:
+  """--data-dir, else $TFDS_DATA_DIR, else the data dir the run in --workdir recorded (None:
+  none of them; the command that needs one says so)."""
+  from capsjax.train import model_state
+
+  return (args.data_dir or os.environ.get(storage.DATA_DIR_ENV)
+          or model_state.recorded_data_dir(args.workdir))
+
+
 def _build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="capsjax", description="Capsule Networks in JAX: train and evaluate.")
+  parser.add_argument("--version", action="version", version=f"capsjax {__version__}")
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--verbose", action="store_true",
                       help="show the libraries' (absl, TFDS, Orbax) warning and info lines")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   t = sub.add_parser("train", help="train (or resume) a CapsNet or the baseline CNN",
                      parents=[common])
-  t.add_argument("--config", default="quick",
-                 help="preset: quick, hour, table1_cpu, *_cpu (CPU) or paper, paper_300k, "
-                      "baseline, multimnist, affnist (GPU); capsjax/train/presets.py")
-  t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
+  t.add_argument("--config", default="quick", metavar="PRESET",
+                 help=f"one of {', '.join(presets.available())} (capsjax/train/presets.py; "
+                      "quick, hour and *_cpu are sized for a CPU, the others for a GPU; default: "
+                      "quick)")
+  t.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR, "
+                 "else, resuming, the one the run recorded)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
   t.add_argument("--dataset", default=None,
                  help=f"one of {', '.join(datasets.available('train'))} (default: the preset's)")
@@ -112,7 +129,7 @@ def _build_parser() -> argparse.ArgumentParser:
   e = sub.add_parser("eval", help="evaluate the latest checkpoint on the test examples the run "
                      "evaluated on (or --test-examples N / all)", parents=[common])
   e.add_argument("--workdir", required=True)
-  e.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
+  e.add_argument("--data-dir", default=None, help=_RECORDED_DATA_DIR)
   e.add_argument("--batch-size", type=int, default=None,
                  help="default: the backend's measured best (docs/results.md)")
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
@@ -133,10 +150,13 @@ def _build_parser() -> argparse.ArgumentParser:
   r.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                  help="import MODULE first, which registers routing rules (repeatable)")
   r.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-  p = sub.add_parser("predict", help="classify image files with a trained model",
-                     parents=[common])
+  p = sub.add_parser("predict", help="classify image files (digits, photos or scans of digits) "
+                     "with a trained model", parents=[common])
   p.add_argument("--workdir", required=True)
-  p.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, ... image files")
+  p.add_argument("files", nargs="+", metavar="FILE",
+                 help="PNG, JPEG, ... image files; each is made MNIST-like (background from the "
+                      "border, light ink on black, contrast stretched, 20x20 box centred by "
+                      "mass) and the JSON line's `converted` lists what was done")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   p.add_argument("--reconstruct", metavar="DIR", default=None,
                  help="save NAME.input.png (what the model saw) and NAME.reconstruction.png "
@@ -144,11 +164,12 @@ def _build_parser() -> argparse.ArgumentParser:
   v = sub.add_parser("viz", help="draw figures (PNG) of what a trained network learnt",
                      parents=[common])
   v.add_argument("--workdir", required=True)
-  v.add_argument("--data-dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR)")
+  v.add_argument("--data-dir", default=None, help=_RECORDED_DATA_DIR)
   v.add_argument("--out", default=None, help="folder for the PNGs (default: WORKDIR/figures)")
   v.add_argument("--figures", default=None, metavar="NAME[,NAME...]",
                  help="some of reconstructions, perturbations, routing, confusion, curves, "
-                      "multimnist (Fig. 5), samples, affnist (default: all)")
+                      "multimnist (Fig. 5), samples, affnist (default: all that apply to the "
+                      "run; one named that does not apply is skipped, saying why)")
   v.add_argument("--digit", type=int, default=None,
                  help="perturbations of this class only (default: one digit of each class)")
   v.add_argument("--dims", type=int, default=None,
@@ -169,7 +190,7 @@ def _viz(args) -> dict:
 
   _check_positive(args, "dims")
   figures = None if args.figures is None else [f.strip() for f in args.figures.split(",")]
-  drawn = viz.render(args.workdir, args.data_dir, args.out, figures, digit=args.digit,
+  drawn = viz.render(args.workdir, _data_dir(args), args.out, figures, digit=args.digit,
                      dims=args.dims, step=args.step, test_examples=_test_count(args),
                      image=args.image, progress=not args.no_progress,
                      report=lambda line: sys.stderr.write(f"capsjax: {line}\n"))
@@ -259,7 +280,7 @@ def _eval(args) -> dict:
   count = _test_count(args)
   if args.dataset is not None:
     datasets.get(args.dataset, "test")
-  data_dir = storage.resolve_data_dir(args.data_dir)  # absolute, resolved once
+  data_dir = storage.resolve_data_dir(_data_dir(args))  # absolute, resolved once
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
   return evaluate.evaluate_checkpoint(args.workdir, args.dataset, data_dir, count,
                                       args.batch_size,
@@ -268,7 +289,10 @@ def _eval(args) -> dict:
 
 def _predict(args) -> int:
   """One JSON line per file on stdout; one error line per bad file on stderr (the other files
-  are still classified); exit status 2 if any file failed."""
+  are still classified); exit status 2 if any file failed.
+
+  Each file is converted by `TrainedModel.read_image` (what `TrainedModel.predict` does with a
+  path); the converted files are classified together, up to the model's batch size at a time."""
   import numpy as np
 
   from capsjax import api, images
@@ -285,23 +309,35 @@ def _predict(args) -> int:
       raise ValueError(f"--reconstruct: the network of {args.workdir!r} (arch "
                        f"{model.arch.name!r}) has no decoder, so there is nothing to reconstruct.")
   failed = 0
+
+  def classify(batch: list) -> None:  # [(name, image, done)], one compiled batch at most
+    if not batch:
+      return
+    pred = model.predict(np.stack([image for _, image, _ in batch]))
+    for i, (name, image, done) in enumerate(batch):
+      record = {"file": name, "class": int(pred.classes[i]),
+                "scores": [round(float(x), 6) for x in pred.scores[i]],
+                "confident": bool(pred.confident[i]), "converted": done, "step": model.step}
+      if out_dir is not None:
+        stem = Path(name).stem
+        images.write_image(out_dir / f"{stem}.input.png", to_float(image))
+        images.write_image(out_dir / f"{stem}.reconstruction.png", pred.reconstructions[i])
+        record["reconstruction"] = str(out_dir / f"{stem}.reconstruction.png")
+      print(json.dumps(record), flush=True)
+    batch.clear()
+
+  batch = []
   for name in args.files:
     try:
-      image, done = images.read_image(name, model.input_shape)
+      image, done = model.read_image(name)  # what TrainedModel.predict does with a path
     except ValueError as e:
       sys.stderr.write(f"capsjax: error: {_one_line(e)}\n")
       failed += 1
       continue
-    pred = model.predict(image)
-    record = {"file": name, "class": int(pred.classes[0]),
-              "scores": [round(float(x), 6) for x in pred.scores[0]], "converted": done,
-              "step": model.step}
-    if out_dir is not None:
-      stem = Path(name).stem
-      images.write_image(out_dir / f"{stem}.input.png", to_float(image))
-      images.write_image(out_dir / f"{stem}.reconstruction.png", pred.reconstructions[0])
-      record["reconstruction"] = str(out_dir / f"{stem}.reconstruction.png")
-    print(json.dumps(record), flush=True)
+    batch.append((name, image, done))
+    if len(batch) == model.batch_size:
+      classify(batch)
+  classify(batch)
   return EXIT_USAGE if failed else 0
 
 
@@ -325,6 +361,60 @@ def _rules(args) -> dict | str:
 
 
 _COMMANDS = {"train": _train, "eval": _eval, "rules": _rules, "viz": _viz}
+
+
+class _Stdout:
+  """sys.stdout for a command: once its reader has gone (`capsjax rules --json | head -c 10`),
+  output is dropped instead of raising BrokenPipeError, so nothing ends in a traceback and a
+  training run whose reader left still finishes and saves its checkpoints."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text: str) -> int:
+    try:
+      return self._stream.write(text)
+    except BrokenPipeError:
+      self._gone()
+      return len(text)
+
+  def flush(self) -> None:
+    try:
+      self._stream.flush()
+    except BrokenPipeError:
+      self._gone()
+
+  def _gone(self) -> None:
+    # Later writes, and the interpreter's own flush at exit, go to /dev/null.
+    try:
+      os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's captured stream)
+      pass
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def _duration(seconds: float) -> str:
+  """'6 min 12 s', '42 s', '1 h 3 min'."""
+  seconds = round(seconds)
+  if seconds < 60:
+    return f"{seconds} s"
+  if seconds < 3600:
+    return f"{seconds // 60} min {seconds % 60} s"
+  return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _trained_sentence(workdir: str, result: dict) -> str:
+  """The human line after `train`'s JSON: the result, where the checkpoint is, what to try."""
+  spent = (f" ({_duration(result['train_seconds'])} of training)"
+           if "train_seconds" in result else "")
+  quoted = shlex.quote(workdir)
+  return (f"capsjax: test accuracy {result['test_accuracy']:.2%} on "
+          f"{result['test_examples']:,} test examples at step {result['step']:,}{spent}; "
+          f"checkpoint in {Path(workdir) / 'checkpoints'}. Next: capsjax eval --workdir "
+          f"{quoted}, capsjax viz --workdir {quoted}, capsjax predict --workdir {quoted} "
+          "IMAGE.png")
 
 
 def _warn_in_one_line() -> None:
@@ -356,12 +446,8 @@ def main(argv=None) -> int:
     0 on success, 2 (EXIT_USAGE) for bad input (or any unreadable file of `predict`), 1
       (EXIT_NONFINITE) for a NaN/Inf loss, 74 (EXIT_STORAGE) for a failed write to the workdir,
       128 + the signal number after SIGINT or SIGTERM (a checkpoint saved), 130 for a
-      KeyboardInterrupt.
+      KeyboardInterrupt. Output to a reader that has gone (`| head`) is dropped, not an error.
   """
-  from capsjax.infra.checkpoint import NonFiniteError
-  from capsjax.infra.interrupt import TrainingInterrupted
-  from capsjax.infra.workdir import StorageError
-
   argv = sys.argv[1:] if argv is None else list(argv)
   args = _build_parser().parse_args(argv)
   if not args.verbose:
@@ -370,6 +456,20 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
   tune_host_allocator()
   _warn_in_one_line()
+  stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
+  try:
+    return _run(args, argv)
+  finally:
+    sys.stdout.flush()
+    sys.stdout = stdout
+
+
+def _run(args, argv: list[str]) -> int:
+  """`main` after the parsing: the command, its errors as one line each, its result."""
+  from capsjax.infra.checkpoint import NonFiniteError
+  from capsjax.infra.interrupt import TrainingInterrupted
+  from capsjax.infra.workdir import StorageError
+
   try:
     if args.command == "predict":
       return _predict(args)  # prints a line per file itself
@@ -392,6 +492,9 @@ def main(argv=None) -> int:
   jax = sys.modules.get("jax")
   if jax is None or jax.process_index() == 0:  # a multi-process run reports once
     print(result if isinstance(result, str) else json.dumps(result, default=repr))
+    if args.command == "train":
+      sys.stdout.flush()  # the JSON line first, then the sentence for people
+      sys.stderr.write(_trained_sentence(args.workdir, result) + "\n")
   return 0
 
 

@@ -20,7 +20,9 @@
 - affnist (40x40 networks): affNIST-style test examples with the network's predictions.
 
 The numbers of each figure come from a pure function here (tested); the `draw_*` functions only
-plot them. Figures that need capsules or routing are skipped, with the reason, for the baseline.
+plot them. Only the figures that apply to the run are drawn unless named (`applicable_figures`:
+not the capsule figures for the baseline, not `multimnist` or `affnist` for an MNIST run); a
+named one that does not apply is skipped with the reason (`skip_reason`).
 """
 
 import json
@@ -40,6 +42,7 @@ _ONE_LABEL = ("reconstructions", "perturbations", "routing", "confusion")
 # a run that evaluated on more (a MultiMNIST run's 10M pairs) is drawn from so many of them.
 VIZ_EXAMPLES = 10_000
 OFFSETS = tuple(float(x) for x in np.round(np.linspace(-0.25, 0.25, 11), 2))  # Fig. 4
+PERTURBATION_SCALE = 2  # the perturbations figure draws each decoded image at 2x its size
 
 
 class TestSetPass(NamedTuple):
@@ -229,21 +232,116 @@ def overlay(first: np.ndarray, second: np.ndarray) -> np.ndarray:
   return np.concatenate([first, second, np.zeros_like(first)], -1).clip(0, 1)
 
 
+class RunTraits(NamedTuple):
+  """What decides which figures apply to a run (`run_traits`).
+
+  Attributes:
+    dataset: the dataset it trained on.
+    arch: its architecture's name.
+    input_hw: (H, W) of its inputs.
+    has_decoder: it reconstructs (CapsNet's decoder).
+    has_capsules: it has class capsules to perturb.
+    has_routing: it routes primary capsules on a grid (`primary_grid`).
+  """
+
+  dataset: str
+  arch: str
+  input_hw: tuple[int, int]
+  has_decoder: bool
+  has_capsules: bool
+  has_routing: bool
+
+
+def run_traits(model) -> RunTraits:
+  """The `RunTraits` of a `capsjax.api.TrainedModel`."""
+  capsnet = getattr(model.model, "decode", None) is not None
+  return RunTraits(model.config.dataset, model.arch.name, tuple(model.input_shape[:2]),
+                   capsnet, capsnet, primary_grid(model) is not None)
+
+
+def skip_reason(figure: str, traits: RunTraits) -> str | None:
+  """Why `figure` does not apply to a run with `traits`, or None if it does."""
+  two_digit = traits.dataset == "multimnist"
+  if figure in _ONE_LABEL and two_digit:
+    return "a MultiMNIST run has two labels per example; see the multimnist figure"
+  if figure == "multimnist" and not two_digit:
+    return f"the run trained on {traits.dataset}, not multimnist"
+  if figure == "affnist" and tuple(traits.input_hw) != (40, 40):
+    return f"the network takes {traits.input_hw[0]}x{traits.input_hw[1]} inputs, affNIST 40x40"
+  if figure == "reconstructions" and not traits.has_decoder:
+    return f"arch {traits.arch!r} has no decoder"
+  if figure == "perturbations" and not traits.has_capsules:
+    return f"arch {traits.arch!r} has no capsules"
+  if figure == "routing" and not traits.has_routing:
+    return f"arch {traits.arch!r} has no routing"
+  return None
+
+
+def applicable_figures(traits: RunTraits) -> list[str]:
+  """The FIGURES that apply to a run with `traits` (what `capsjax viz` draws by default)."""
+  return [f for f in FIGURES if skip_reason(f, traits) is None]
+
+
+def text_color(rgb) -> str:
+  """"white" or "black", whichever reads better on a background of colour `rgb` (RGB or RGBA
+  in [0, 1]): black where the background's relative luminance (WCAG 2) is above 0.179, the
+  level at which both contrast equally."""
+  c = np.asarray(rgb, float)[:3]
+  linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+  luminance = float(linear @ np.array([0.2126, 0.7152, 0.0722]))
+  return "black" if luminance > 0.179 else "white"
+
+
+def centred_range(values: np.ndarray, centre: float, min_half_width: float
+                  ) -> tuple[float, float]:
+  """A colour range (vmin, vmax) symmetric about `centre` that holds `values` and reaches at
+  least `min_half_width` either side, so that differences far smaller than that stay pale
+  instead of spanning the whole colour map."""
+  values = np.asarray(values, float)
+  spread = float(np.nanmax(np.abs(values - centre))) if np.any(np.isfinite(values)) else 0.0
+  half = max(spread, min_half_width)
+  return centre - half, centre + half
+
+
+def wrap_title(title: str, width_in: float, fontsize: float) -> str:
+  """`title` broken into lines (at spaces; its own line breaks kept) that fit a figure
+  `width_in` inches wide in a font of `fontsize` points, a character taken as 0.6 em (above
+  DejaVu Sans's average, so a line rather falls short than overflows)."""
+  import textwrap
+
+  chars = max(12, int(width_in * 72 / (0.6 * fontsize)))
+  return "\n".join(textwrap.fill(line, chars) for line in title.splitlines())
+
+
 # ---- drawing (matplotlib, imported on first use: an optional dependency) --------------------
 
 def _pyplot():
+  """matplotlib.pyplot on the Agg backend: what every figure needs, so `render` calls it before
+  any loading or evaluation.
+
+  Raises:
+    ValueError: (one line) matplotlib, or one of the modules it needs, cannot be imported.
+  """
   try:
     import matplotlib
-  except ImportError:
-    raise ValueError("capsjax viz draws with matplotlib, which is not installed; "
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError as e:
+    missing = getattr(e, "name", None)
+    why = ("is not installed" if missing in (None, "matplotlib")
+           else f"cannot be imported ({missing}: {e})")
+    raise ValueError(f"capsjax viz draws with matplotlib, which {why}; "
                      "pip install 'capsjax[plot]'.") from None
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   return plt
 
 
+def _suptitle(fig, title: str, fontsize: float = 9) -> None:
+  """`title` over `fig`, wrapped to the figure's width (a narrow figure does not clip it)."""
+  fig.suptitle(wrap_title(title, fig.get_figwidth(), fontsize), fontsize=fontsize)
+
+
 def _save(plt, fig, path: Path, title: str, dpi: int = 110) -> None:
-  fig.suptitle(title, fontsize=9)
+  _suptitle(fig, title)
   fig.tight_layout()
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
@@ -291,22 +389,48 @@ def draw_perturbations(grids: dict[int, np.ndarray], path: Path, title: str,
   plt = _pyplot()
   cols = min(len(grids), 5)
   rows = -(-len(grids) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 4.4 * rows), squeeze=False)
-  for ax in axes.flat:
-    ax.axis("off")
-  for ax, (k, grid) in zip(axes.flat, grids.items()):
-    ax.axis("on")
-    _show(ax, mosaic(grid))
-    h, w = grid.shape[2:4]
-    ax.set_xticks([j * (w + 1) + w / 2 for j in range(0, len(offsets), 5)])
-    ax.set_xticklabels([f"{offsets[j]:+.2f}" for j in range(0, len(offsets), 5)], fontsize=7)
-    ax.set_yticks([d * (h + 1) + h / 2 for d in range(0, grid.shape[0], 3)])
-    ax.set_yticklabels([f"dim {d}" for d in range(0, grid.shape[0], 3)], fontsize=7)
-    ax.set_title(f"digit {k}", fontsize=9)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  dims, steps, h, w = next(iter(grids.values())).shape[:4]
+  # Each decoded image at PERTURBATION_SCALE times its size (a 28x28 digit: 56 px), so a change
+  # of stroke is visible; the panels are placed in pixels, with room for their labels.
+  scale, dpi = PERTURBATION_SCALE, 100
+  image_w, image_h = scale * (steps * (w + 1) - 1), scale * (dims * (h + 1) - 1)
+  left, right, top, bottom = 48, 12, 24, 22  # px around each panel: dim labels, title, offsets
+  panel_w, panel_h = left + image_w + right, top + image_h + bottom
+  width = cols * panel_w / dpi
+  title = wrap_title(title, width, 12)
+  title_h = 20 * (title.count("\n") + 1) + 14  # px above the panels for the suptitle
+  fig_w, fig_h = cols * panel_w, rows * panel_h + title_h
+  fig = plt.figure(figsize=(fig_w / dpi, fig_h / dpi))
+  for n, (k, grid) in enumerate(grids.items()):
+    x0 = (n % cols) * panel_w + left
+    y0 = fig_h - title_h - (n // cols + 1) * panel_h + bottom
+    ax = fig.add_axes((x0 / fig_w, y0 / fig_h, image_w / fig_w, image_h / fig_h))
+    _show(ax, mosaic(grid), interpolation="nearest")
+    ax.set_xticks([j * (w + 1) + w / 2 for j in range(len(offsets))])
+    ax.set_xticklabels([f"{x:+.2f}" for x in offsets], fontsize=6.5)
+    ax.set_yticks([d * (h + 1) + h / 2 for d in range(grid.shape[0])])
+    ax.set_yticklabels([f"dim {d}" for d in range(grid.shape[0])], fontsize=7)
+    ax.tick_params(length=0, pad=2)
+    ax.set_title(f"digit {k}", fontsize=9, pad=4)
+  fig.suptitle(title, fontsize=12, y=1 - 6 / fig_h, va="top")
+  _save_grey(plt, fig, path, dpi)
+
+
+def _save_grey(plt, fig, path: Path, dpi: int) -> None:
+  """`fig` as PNG `path`, in one grey channel where it has no colour (a third of RGBA's size)."""
+  import io
+
+  from PIL import Image
+
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
   plt.close(fig)
+  image = Image.open(buffer)
+  rgba = np.asarray(image)
+  if (rgba.ndim == 3 and rgba.shape[-1] == 4 and np.all(rgba[..., 3] == 255)
+      and np.all(rgba[..., :1] == rgba[..., 1:3])):
+    image = image.convert("L")
+  image.save(path, format="png", optimize=True)
 
 
 def draw_routing(image, maps: np.ndarray, cls: int, label: int, type_coupling: np.ndarray,
@@ -325,24 +449,44 @@ def draw_routing(image, maps: np.ndarray, cls: int, label: int, type_coupling: n
   padded = np.full((tile_rows * tiles_per_row, *maps.shape[1:]), np.nan)
   padded[:types] = maps
   sheet = mosaic(padded.reshape(tile_rows, tiles_per_row, *maps.shape[1:], 1), fill=np.nan)
-  fig = plt.figure(figsize=(15, 4.6))
+  k = type_coupling.shape[1]
+  uniform = 1 / k
+  fig = plt.figure(figsize=(15, 4.8))
   grid = fig.add_gridspec(1, 3, width_ratios=[1, 3.2, 2.2])
   ax_img, ax_map, ax_type = (fig.add_subplot(grid[0, i]) for i in range(3))
   _show(ax_img, image)
   ax_img.set_title(f"test image (true {label}, predicted {cls})", fontsize=9)
-  shown = ax_map.imshow(sheet, cmap="viridis")
+  # Both maps: white at the uniform coupling 1/K, red above, blue below, on a range symmetric
+  # about 1/K at least 1/(2K) wide either side (couplings of 0.5/K..1.5/K at the least), so a
+  # near-uniform map looks near-white rather than structured.
+  cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.35")
+
+  def colourbar(shown, ax, fraction):
+    bar = fig.colorbar(shown, ax=ax, fraction=fraction)
+    low, high = shown.get_clim()
+    bar.ax.set_ylim(max(low, 0.0), high)  # couplings are >= 0: no negative part of the scale
+    bar.ax.axhline(uniform, color="black", lw=0.8)
+    bar.ax.tick_params(labelsize=8)
+
+  low, high = centred_range(maps, uniform, 0.5 * uniform)
+  shown = ax_map.imshow(sheet, cmap=cmap, vmin=low, vmax=high)
   ax_map.set_xticks([])
   ax_map.set_yticks([])
-  ax_map.set_title(f"c_ij to class {cls}: {types} primary-capsule types (tiles, type 0 top left)"
-                   f" x {maps.shape[1]}x{maps.shape[2]} positions", fontsize=9)
-  fig.colorbar(shown, ax=ax_map, fraction=0.03)
-  shown = ax_type.imshow(type_coupling, cmap="viridis", aspect="auto")
+  ax_map.set_title(wrap_title(
+      f"c_ij to class {cls}: {types} primary-capsule types (tiles, type 0 top left) x "
+      f"{maps.shape[1]}x{maps.shape[2]} positions; {np.nanmin(maps):.3f}-{np.nanmax(maps):.3f}, "
+      f"white: uniform 1/{k}", 3.2 / 6.4 * 15, 9), fontsize=9)
+  colourbar(shown, ax_map, 0.03)
+  low, high = centred_range(type_coupling, uniform, 0.5 * uniform)
+  shown = ax_type.imshow(type_coupling, cmap=cmap, vmin=low, vmax=high, aspect="auto")
   ax_type.set_xlabel("class")
   ax_type.set_ylabel("primary-capsule type")
-  ax_type.set_xticks(range(type_coupling.shape[1]))
-  ax_type.set_title("mean coupling over the test set", fontsize=9)
-  fig.colorbar(shown, ax=ax_type, fraction=0.05)
-  fig.suptitle(title, fontsize=10)
+  ax_type.set_xticks(range(k))
+  ax_type.set_title(wrap_title(
+      f"mean coupling over the test set: {type_coupling.min():.4f}-{type_coupling.max():.4f} "
+      f"(uniform 1/{k} = {uniform:.4g}: white)", 2.2 / 6.4 * 15, 9), fontsize=9)
+  colourbar(shown, ax_type, 0.05)
+  _suptitle(fig, title, 10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -363,17 +507,19 @@ def draw_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
   shown = ax.imshow(off, cmap="Reds")
   for i in range(k):
     for j in range(k):
-      if matrix[i, j]:
-        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                color="black" if i != j else "dimgray")
+      if matrix[i, j]:  # the diagonal is blank (not coloured): its counts in grey
+        colour = "dimgray" if i == j else text_color(shown.cmap(shown.norm(off[i, j])))
+        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=colour)
   ax.set_xticks(range(k))
   ax.set_yticks(range(k))
   ax.set_xlabel("predicted class")
   ax.set_ylabel("true class")
   errors = int(matrix.sum() - np.trace(matrix))
-  ax.set_title(f"{title}\n{errors} errors in {int(matrix.sum())} test images "
-               "(colour: off-diagonal counts)", fontsize=9)
-  fig.colorbar(shown, ax=ax, fraction=0.046)
+  ax.set_title(wrap_title(f"{title}\n{errors} errors in {int(matrix.sum())} test images "
+                          "(colour: off-diagonal counts)", 5.6, 9), fontsize=9)
+  bar = fig.colorbar(shown, ax=ax, fraction=0.046)
+  bar.locator = plt.MaxNLocator(integer=True)  # counts: whole numbers on the scale
+  bar.update_ticks()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -403,20 +549,18 @@ def draw_curves(train: list[dict], test: list[dict], path: Path, title: str) -> 
                 label="train, at least one right")
   if test:
     shown += [100 * r["test_accuracy"] for r in test]
+    # The final accuracy is said in the legend, which matplotlib places clear of the curves.
     ax_acc.plot([r["step"] for r in test], [100 * r["test_accuracy"] for r in test], "o-",
-                label=f"test ({test[-1].get('test_examples', 'all')} examples)")
-    last = test[-1]
-    ax_acc.annotate(f"{100 * last['test_accuracy']:.2f}%",
-                    (last["step"], 100 * last["test_accuracy"]), textcoords="offset points",
-                    xytext=(-40, -15))
+                label=f"test ({test[-1].get('test_examples', 'all')} examples): final "
+                      f"{100 * test[-1]['test_accuracy']:.2f}%")
   # The last half of training decides the scale: 90-100% for MNIST, lower for harder sets.
   late = shown[len(steps) // 2:] or shown
   ax_acc.set_ylim(90 if min(late, default=100) >= 90 else 10 * (min(late) // 10 - 1), 100)
   ax_acc.set_xlabel("step")
   ax_acc.set_title("accuracy (%)")
   ax_acc.grid(alpha=0.3)
-  ax_acc.legend(loc="lower right")
-  fig.suptitle(title)
+  ax_acc.legend(loc="best")
+  _suptitle(fig, title, 12)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -502,16 +646,17 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
            figures: list[str] | None = None, digit: int | None = None, dims: int | None = None,
            step: int | None = None, test_examples: int | None = None, image: int = 0,
            progress: bool = True, report=print) -> dict[str, Any]:
-  """Draws `figures` (default all) of the checkpoint `step` (default newest) of `workdir` into
-  `out` (default WORKDIR/figures), as `capsjax viz` does.
+  """Draws `figures` (default: all that apply to the run) of the checkpoint `step` (default
+  newest) of `workdir` into `out` (default WORKDIR/figures), as `capsjax viz` does.
 
-  matplotlib is checked first, before any test example is evaluated.
+  matplotlib is checked first, before the checkpoint or any data is read.
 
   Args:
     workdir: a training run's workdir.
     data_dir: TFDS data_dir (None: $TFDS_DATA_DIR); not read for `curves` alone.
     out: folder for the PNGs (created); None: WORKDIR/figures.
-    figures: some of FIGURES; None: all.
+    figures: some of FIGURES (one that does not apply to the run, e.g. `multimnist` for an
+      MNIST run, is skipped, saying why through `report`); None: `applicable_figures`.
     digit: perturbations of this class only; None: one test digit of each class.
     dims: perturb the first `dims` capsule dimensions; None: all.
     step: the checkpoint; None: the newest complete one.
@@ -522,7 +667,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       set above `VIZ_EXAMPLES` cut to that many (saying so through `report`).
     image: index of the test image the routing figure shows.
     progress: show progress bars.
-    report: receives one line per skipped figure or cut test set.
+    report: receives one line per skipped figure (asked for but not applicable, or a run
+      without metrics.jsonl) or cut test set.
 
   Returns:
     {figure: PNG path, or "skipped: <reason>"}.
@@ -531,7 +677,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
     ValueError: (one line) bad input: a workdir without checkpoints, an unknown figure, `digit`
       outside the classes, `dims` outside 1..the capsules' dimension count, `test_examples`
       neither a positive integer nor "all", more test examples than the set has, an `image`
-      index outside them, an `out` that is not a directory, or matplotlib not installed.
+      index outside them, an `out` that is not a directory, or matplotlib not importable.
   """
   from capsjax import api
   from capsjax.data import datasets, storage
@@ -539,13 +685,14 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 
   datasets.check_test_examples(test_examples)
 
-  figures = check_figures(list(figures or FIGURES))
-  _pyplot()  # a missing matplotlib: said before minutes of evaluation, not after
+  figures = check_figures(list(figures)) if figures else None  # None or []: those that apply
+  _pyplot()  # a missing matplotlib: said before the checkpoint, the data or any evaluation
   model = api.load(workdir, step)
   k = model.num_classes
   if digit is not None and not 0 <= digit < k:
     raise ValueError(f"--digit must be a class in 0..{k - 1}, got {digit}.")
-  has_capsules = getattr(model.model, "decode", None) is not None
+  traits = run_traits(model)
+  has_capsules = traits.has_capsules
   capsule_dim = (int(model.settings.get("digit_dim", archs.model_options()["digit_dim"]))
                  if has_capsules else None)
   if dims is not None and has_capsules and not 1 <= dims <= capsule_dim:
@@ -556,9 +703,14 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
     raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory.")
   dataset = model.config.dataset
   two_digit = dataset == "multimnist"
-  needs_data = [f for f in figures if f not in ("curves", "samples", "affnist")]
+  # Not asked for any: those that apply. Asked for: each that does not apply is skipped, saying
+  # why, and reads no data.
+  figures = applicable_figures(traits) if figures is None else figures
+  reasons = {f: skip_reason(f, traits) for f in figures}
+  drawn = [f for f in figures if reasons[f] is None]
+  needs_data = [f for f in drawn if f not in ("curves", "samples", "affnist")]
   images = labels = None
-  if figures != ["curves"]:
+  if any(f != "curves" for f in drawn):
     data_dir = storage.resolve_data_dir(data_dir)  # absolute, resolved once
   if needs_data:
     if test_examples is None:  # the run's own number (as `capsjax eval`), at most VIZ_EXAMPLES
@@ -580,7 +732,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   out_dir.mkdir(parents=True, exist_ok=True)
   name = f"{Path(workdir).name} ({model.arch.name}, step {model.step})"
   one_label = [f for f in needs_data if f in _ONE_LABEL]
-  result = run_test_set(model, images, labels, progress) if one_label and not two_digit else None
+  result = run_test_set(model, images, labels, progress) if one_label else None
   done: dict[str, Any] = {}
 
   def skip(fig: str, why: str) -> None:
@@ -589,13 +741,10 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 
   for fig in figures:
     path = out_dir / f"{fig}.png"
-    if fig in _ONE_LABEL and two_digit:
-      skip(fig, "a MultiMNIST run has two labels per example; see the multimnist figure")
+    if reasons[fig] is not None:
+      skip(fig, reasons[fig])
       continue
     if fig == "multimnist":
-      if not two_digit:
-        skip(fig, f"the run trained on {dataset}, not multimnist")
-        continue
       panels = pair_panels(model, images, labels, progress)
       chosen = np.concatenate([np.flatnonzero(panels.correct)[:8],
                                np.flatnonzero(~panels.correct)[:4]])
@@ -606,15 +755,16 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
                  f"{accuracy:.1%} of {len(labels)} pairs right")
     elif fig == "samples":
       rows = _sample_rows(dataset, model.config, data_dir)
-      draw_grid(rows, path, f"{dataset}: examples as the network sees them")
+      draws = sum(row[0].startswith("train,\nstep") for row in rows)
+      about = datasets.get(dataset).description.replace(
+          "max_shift", f"max_shift = {model.config.max_shift}")
+      draw_grid(rows, path, f"{dataset} ({about}): examples as the "
+                            "network sees them" + ("; the training rows: the same examples as "
+                                                   "built at training steps 0 and 1" * (draws > 1)))
     elif fig == "affnist":
-      if tuple(model.input_shape[:2]) != (40, 40):
-        skip(fig, f"the network takes {model.input_shape[0]}x{model.input_shape[1]} inputs, "
-                  "affNIST 40x40")
-        continue
       warped, truth = dataset_examples("affnist_style", model.config, "test", data_dir, 32)
       predicted = model.predict(warped).classes
-      draw_grid([(f"{i * 16}-{i * 16 + 15}", warped[i * 16:(i + 1) * 16],
+      draw_grid([(f"test\n{i * 16}-{i * 16 + 15}", warped[i * 16:(i + 1) * 16],
                   [f"{t} -> {p}" for t, p in zip(truth[i * 16:], predicted[i * 16:(i + 1) * 16])],
                   list(truth[i * 16:(i + 1) * 16] != predicted[i * 16:(i + 1) * 16]))
                  for i in range(2)], path,
@@ -627,7 +777,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
                            path, f"{name}: test images (top) and reconstructions (bottom); red: "
                                  "misclassified")
     elif fig == "perturbations":
-      if result.capsules is None or not has_capsules:
+      if result.capsules is None:
         skip(fig, f"arch {model.arch.name!r} has no capsules")
         continue
       chosen = digit_examples(result.labels, result.predictions,
@@ -665,22 +815,26 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 
 
 def _sample_rows(dataset: str, config, data_dir) -> list:
-  """`samples`: 12 training examples (drawn with the data keys of training steps 0 and 1, where
-  they have randomness) and 12 test examples."""
+  """`samples`: the same 12 training examples built with the data keys of training steps 0 and
+  1 (two draws of the set's randomness, e.g. MNIST's shifts) and 12 test examples; a set whose
+  examples do not depend on the step's key (MultiMNIST's pairs) has one training row. Each row is
+  named by what it shows."""
   from capsjax.core import streams
   from capsjax.data import datasets
 
   rows = []
   base = streams.run_keys(config.seed)
-  for split, key in (("train", streams.at_step(base, 0).data),
-                     ("train", streams.at_step(base, 1).data), ("test", None)):
+  for split, key, name in (("train", streams.at_step(base, 0).data, "train,\nstep 0's draw"),
+                           ("train", streams.at_step(base, 1).data, "train,\nstep 1's draw"),
+                           ("test", None, "test")):
     if split not in datasets.get(dataset).splits:
       continue
     x, y = dataset_examples(dataset, config, split, data_dir, 12, key=key,
                             stored_limit=None if dataset == "multimnist" else 12)
     y = y[0] if isinstance(y, tuple) else y
-    if rows and rows[-1][0] == split and np.array_equal(rows[-1][1], x):
-      continue  # a set whose examples do not depend on the step's key (MultiMNIST's pairs)
+    if rows and rows[-1][0].startswith(split) and np.array_equal(rows[-1][1], x):
+      rows[-1] = (f"{split},\nevery step", *rows[-1][1:])  # the key is not used
+      continue
     captions = [",".join(map(str, np.atleast_1d(t))) for t in y]
-    rows.append((split, x, captions, [False] * len(x)))
+    rows.append((name, x, captions, [False] * len(x)))
   return rows

@@ -75,19 +75,22 @@ def test_read_image_converts_and_says_what_it_did(tmp_path):
   rgba[20:36, 20:36, 3] = 255  # ...opaque only in the middle; transparent elsewhere
   Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
   array, done = images.read_image(tmp_path / "a.png", (28, 28, 1))
-  assert done == ["transparency flattened onto black", "resized from 56x56 to 28x28"]
+  assert done == ["transparency flattened onto black", "RGB converted to grey",
+                  "cropped to the ink (16x16 of 56x56 pixels) and scaled by 1.25 to fit a 20x20 "
+                  "box (aspect ratio kept, anti-aliased)", "centred by its centre of mass in 28x28"]
   assert array.shape == (28, 28, 1) and array.dtype == np.uint8
   assert array[14, 14, 0] == 255 and array[2, 2, 0] == 0
 
   Image.fromarray(np.full((28, 28), 230, np.uint8)).save(tmp_path / "paper.jpg")
-  array, done = images.read_image(tmp_path / "paper.jpg", (28, 28, 1))
-  assert done == ["inverted (dark figure on a light background)"] and array.max() < 40
+  with pytest.raises(ValueError, match="paper.jpg: blank picture: every pixel is grey level 230"):
+    images.read_image(tmp_path / "paper.jpg", (28, 28, 1))
 
-  grey16 = (np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) * 80)
+  grey16 = np.full((28, 28), 1000, np.uint16)
+  grey16[5:25, 10:19] = 60000  # a bright bar, 20 high and 9 wide, centred by mass
   Image.fromarray(grey16).save(tmp_path / "deep.png")
   array, done = images.read_image(tmp_path / "deep.png", (28, 28, 3))
-  assert done[0].endswith("scaled to 8-bit grey") and done[1] == "L converted to RGB"
-  assert array.shape == (28, 28, 3) and array[..., 0].max() == 255
+  assert done == ["I;16 scaled to 8-bit grey", "L converted to RGB"]
+  assert array.shape == (28, 28, 3) and array[..., 0].max() == 255 and array[0, 0, 0] == 0
 
   with pytest.raises(ValueError, match="the model takes 2 channels; only 1 .grey. or 3 .RGB."):
     images.read_image(tmp_path / "a.png", (28, 28, 2))
@@ -111,8 +114,11 @@ def test_predict_command(workdir, tmp_path, data_dir, capsys):
   records = [json.loads(l) for l in out.splitlines()]
   assert [r["file"] for r in records] == [str(files[0]), str(files[3])]
   assert records[0]["converted"] == []
-  assert records[1]["converted"] == ["RGB converted to grey", "resized from 112x112 to 28x28",
-                                     "inverted (dark figure on a light background)"]
+  assert [step.split(" (")[0] for step in records[1]["converted"]] == [
+      "RGB converted to grey", "background estimated from the border", "inverted",
+      "cropped to the ink", "centred by its centre of mass in 28x28"]
+  assert records[0]["confident"] == bool(capsjax.load(workdir).predict(test.images[:1])
+                                         .confident[0])
   expected = capsjax.load(workdir).predict(test.images[:1])
   assert records[0]["class"] == int(expected.classes[0])
   np.testing.assert_allclose(records[0]["scores"], expected.scores[0], atol=2e-6)

@@ -41,19 +41,28 @@ def test_set(data_dir):
   return data.load_split("mnist", "test", data_dir, limit=TEST_EXAMPLES)
 
 
-def test_viz_draws_every_figure(capsnet_run, data_dir, tmp_path):
+def test_viz_draws_every_figure_that_applies(capsnet_run, data_dir, tmp_path):
   code, out, err = _run("viz", "--workdir", str(capsnet_run), "--data-dir", data_dir,
                         "--out", str(tmp_path), "--test-examples", str(TEST_EXAMPLES),
                         "--no-progress")
   assert code == 0, err
   drawn = json.loads(out.strip().splitlines()[-1])["figures"]
-  assert list(drawn) == list(viz.FIGURES)
-  assert drawn.pop("multimnist") == "skipped: the run trained on mnist, not multimnist"
-  assert drawn.pop("affnist") == "skipped: the network takes 28x28 inputs, affNIST 40x40"
+  # An MNIST run: the two figures of other datasets are not attempted (nor said to be skipped).
+  assert list(drawn) == [f for f in viz.FIGURES if f not in ("multimnist", "affnist")]
+  assert "skipped" not in err and "skipped" not in out, err
   for name, path in drawn.items():
     assert path == str(tmp_path / f"{name}.png")
     with Image.open(path) as image:
       assert image.format == "PNG" and min(image.size) > 200
+  # Named, they are skipped with the reason (and read no data: none applies).
+  code, out, err = _run("viz", "--workdir", str(capsnet_run), "--data-dir", "/nonexistent",
+                        "--out", str(tmp_path), "--no-progress", "--figures", "multimnist,affnist")
+  assert code == 0, err
+  assert json.loads(out.strip().splitlines()[-1])["figures"] == {
+      "multimnist": "skipped: the run trained on mnist, not multimnist",
+      "affnist": "skipped: the network takes 28x28 inputs, affNIST 40x40"}
+  assert "capsjax: multimnist: skipped, the run trained on mnist" in err
+  assert "capsjax: affnist: skipped, the network takes 28x28 inputs" in err
 
 
 def test_perturbation_at_offset_zero_is_the_plain_reconstruction(capsnet_run, test_set):
@@ -107,11 +116,17 @@ def test_viz_of_the_baseline_skips_what_does_not_apply(tmp_path, data_dir):
                         "--test-examples", str(TEST_EXAMPLES), "--no-progress")
   assert code == 0, err
   drawn = json.loads(out.strip().splitlines()[-1])["figures"]
+  assert list(drawn) == ["confusion", "curves", "samples"] and "skipped" not in err, (drawn, err)
+  assert drawn["confusion"] == str(workdir / "figures" / "confusion.png")
+  assert (workdir / "figures" / "curves.png").is_file()
+  code, out, err = _run("viz", "--workdir", str(workdir), "--data-dir", data_dir,
+                        "--test-examples", str(TEST_EXAMPLES), "--no-progress", "--figures",
+                        "reconstructions,perturbations,routing")
+  assert code == 0, err
+  drawn = json.loads(out.strip().splitlines()[-1])["figures"]
   for name in ("reconstructions", "perturbations", "routing"):
     assert drawn[name].startswith("skipped: arch 'baseline' has no"), drawn
     assert f"capsjax: {name}: skipped, arch 'baseline' has no" in err
-  assert drawn["confusion"] == str(workdir / "figures" / "confusion.png")
-  assert (workdir / "figures" / "curves.png").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -186,3 +201,97 @@ def test_multimnist_figure_numbers_and_png(tmp_path, data_dir):
   for name in ("multimnist", "samples"):
     with Image.open(drawn[name]) as image:
       assert image.format == "PNG" and min(image.size) > 200
+  # The pairs do not depend on the step's key: one training row, named so.
+  rows = viz._sample_rows("multimnist", model.config, data_dir)
+  assert [r[0] for r in rows] == ["train,\nevery step", "test"]
+
+
+def test_matplotlib_is_checked_before_the_checkpoint_or_any_data(capsnet_run, data_dir,
+                                                                 tmp_path, monkeypatch):
+  """Without matplotlib (or with a matplotlib whose pyplot cannot be imported) `viz` says so in
+  one line before it loads the checkpoint, reads a test example or evaluates anything."""
+  import sys
+
+  touched = []
+  for name in ("dataset_examples", "run_test_set", "pair_panels"):
+    monkeypatch.setattr(viz, name, lambda *a, _n=name, **k: touched.append(_n))
+  monkeypatch.setattr(api, "load", lambda *a, **k: touched.append("load"))
+  for module, said in (("matplotlib", "which is not installed"),
+                       ("matplotlib.pyplot", "which cannot be imported (matplotlib.pyplot")):
+    with monkeypatch.context() as m:
+      m.setitem(sys.modules, module, None)  # `import module` raises ImportError
+      code, _, err = _run("viz", "--workdir", str(capsnet_run), "--data-dir", data_dir,
+                          "--out", str(tmp_path / "fig"), "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"capsjax viz draws with matplotlib, {said}" in err and "capsjax[plot]" in err, err
+  assert touched == [] and not (tmp_path / "fig").exists()
+
+
+def test_only_the_figures_that_apply_are_attempted():
+  mnist = viz.RunTraits("mnist", "capsnet", (28, 28), True, True, True)
+  assert viz.applicable_figures(mnist) == ["reconstructions", "perturbations", "routing",
+                                           "confusion", "curves", "samples"]
+  baseline = mnist._replace(arch="baseline", has_decoder=False, has_capsules=False,
+                            has_routing=False)
+  assert viz.applicable_figures(baseline) == ["confusion", "curves", "samples"]
+  assert viz.skip_reason("routing", baseline) == "arch 'baseline' has no routing"
+  multi = mnist._replace(dataset="multimnist", input_hw=(36, 36))
+  assert viz.applicable_figures(multi) == ["curves", "multimnist", "samples"]
+  assert viz.skip_reason("confusion", multi).startswith("a MultiMNIST run has two labels")
+  expanded = mnist._replace(dataset="expanded_mnist", input_hw=(40, 40))
+  assert viz.applicable_figures(expanded) == [f for f in viz.FIGURES if f != "multimnist"]
+  assert viz.skip_reason("affnist", mnist) == ("the network takes 28x28 inputs, affNIST 40x40")
+
+
+def test_count_text_colour_follows_the_cell_luminance():
+  import matplotlib
+
+  reds = matplotlib.colormaps["Reds"]
+  assert viz.text_color(reds(1.0)) == "white"  # the darkest cell: the largest error count
+  assert viz.text_color(reds(0.0)) == "black"
+  assert viz.text_color((0, 0, 0)) == "white" and viz.text_color((1, 1, 1, 1)) == "black"
+  assert viz.text_color((1.0, 1.0, 0.0)) == "black"  # yellow is light
+  assert viz.text_color((0.0, 0.0, 1.0)) == "white"  # pure blue is dark
+  # Along the map, the colour switches once, from black (light cells) to white (dark cells).
+  colours = [viz.text_color(reds(x)) for x in np.linspace(0, 1, 101)]
+  switch = colours.index("white")
+  assert set(colours[:switch]) == {"black"} and set(colours[switch:]) == {"white"}
+
+
+def test_coupling_colour_range_is_anchored_at_uniform():
+  # Near-uniform mean couplings (0.0985..0.102 of K = 10) get the full minimum range
+  # 0.05..0.15, so they draw near-white, not as structure spanning the colour map.
+  near = np.array([[0.0985, 0.1], [0.102, 0.0999]])
+  assert viz.centred_range(near, 0.1, 0.05) == pytest.approx((0.05, 0.15))
+  # Wider ones: symmetric about 1/K, reaching the farthest value (NaN gaps ignored).
+  wide = np.array([0.02, 0.1, 0.39, np.nan])
+  assert viz.centred_range(wide, 0.1, 0.05) == pytest.approx((0.1 - 0.29, 0.39))
+
+
+def test_titles_wrap_to_the_figure_width():
+  title = ("mm (capsnet, step 2): MultiMNIST test pairs (Fig. 5); R: the two longest capsules "
+           "decoded in red and green (red title: wrong); *: an absent class decoded")
+  narrow = viz.wrap_title(title, 1.15 * 7, 9)  # a 7-column multimnist figure
+  assert narrow.replace("\n", " ") == title and narrow.count("\n") >= 1
+  assert max(map(len, narrow.splitlines())) <= int(1.15 * 7 * 72 / (0.6 * 9))
+  assert viz.wrap_title(title, 20, 9) == title  # wide enough: one line
+  assert viz.wrap_title("a\nb", 20, 9) == "a\nb"  # its own line breaks kept
+
+
+def test_perturbation_cells_are_drawn_at_twice_their_size(tmp_path):
+  grids = {3: np.random.default_rng(0).random((4, 11, 28, 28, 1), np.float32)}
+  title = "run (capsnet, step 1): each row one capsule dimension moved by -0.25..+0.25 (step 0.05)"
+  viz.draw_perturbations(grids, tmp_path / "p.png", title)
+  with Image.open(tmp_path / "p.png") as image:
+    assert image.mode == "L"  # grey: one channel
+    width, height = image.size
+  step = viz.PERTURBATION_SCALE * 29  # one 28-px cell and its 1-px gap
+  assert viz.PERTURBATION_SCALE >= 2 and width >= 11 * step and height >= 4 * step
+
+
+def test_sample_rows_say_what_they_are(capsnet_run, data_dir):
+  model = api.load(capsnet_run)
+  rows = viz._sample_rows("mnist", model.config, data_dir)
+  assert [r[0] for r in rows] == ["train,\nstep 0's draw", "train,\nstep 1's draw", "test"]
+  (_, first, labels, _), (_, second, labels2, _) = rows[:2]
+  assert labels == labels2 and not np.array_equal(first, second)  # same digits, new shifts

@@ -82,8 +82,10 @@ class Split:
     return len(self.labels)
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-  """`data_dir`, else $TFDS_DATA_DIR, as an absolute path (`~` expanded).
+def resolve_data_dir(data_dir: str | os.PathLike | None,
+                     recorded: str | os.PathLike | None = None) -> Path:
+  """`data_dir`, else $TFDS_DATA_DIR, else `recorded` (the data dir a run recorded, for commands
+  on an existing run), as an absolute path (`~` expanded).
 
   Every reader of a data dir goes through this. A relative path is made absolute here, against
   the current directory, once: callers keep the result, so links to the record files and later
@@ -94,7 +96,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
       DATASET/VERSION/dataset_info.json (not a TFDS data_dir).
   """
   if data_dir is None:
-    data_dir = os.environ.get(DATA_DIR_ENV)
+    data_dir = os.environ.get(DATA_DIR_ENV) or recorded
     if not data_dir:
       raise ValueError(f"no data dir given: pass --data-dir DIR or set {DATA_DIR_ENV} to a TFDS "
                        "data_dir that holds mnist/3.0.1 (array_record).")

@@ -130,9 +130,11 @@ def _is_closed_loop_report(args) -> bool:
 
 
 def _unretrieved_task_report(record: logging.LogRecord) -> bool:
-  """False (drop) for asyncio's "Task exception was never retrieved" about the writes of a
-  failed save, logged whenever the task is collected, possibly after the one error line."""
-  return not str(record.msg).startswith("Task exception was never retrieved")
+  """False (drop) for asyncio's "Task exception was never retrieved" (or "Future ...") about
+  the writes of a failed save, logged whenever the task or future is collected, possibly after
+  the one error line."""
+  return not str(record.msg).startswith(("Task exception was never retrieved",
+                                         "Future exception was never retrieved"))
 
 
 def _drop_closed_loop_reports() -> None:

@@ -157,8 +157,9 @@ class TrainConfig:
     routing_lib.load_plugins(self.plugins)
     routing_lib.check_options(self.routing, self.routing_options)
     routing_lib.check_vote_chunking(self.routing, self.vote_chunk_size)
-    if self.max_shift < 0 or self.eval_every < 0 or self.recon_weight < 0:
-      raise ValueError("max_shift, eval_every and recon_weight must be >= 0.")
+    for name in ("max_shift", "eval_every", "recon_weight"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
     return self
 
   def total_steps(self, num_train_examples: int) -> int:

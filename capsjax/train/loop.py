@@ -47,7 +47,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     config: a TrainConfig (validated here).
     workdir: holds checkpoints/, metrics.jsonl and config.json; an existing run there is resumed
       from its newest good checkpoint.
-    data_dir: TFDS data_dir (None: $TFDS_DATA_DIR).
+    data_dir: TFDS data_dir (None: $TFDS_DATA_DIR, else the one a run in `workdir` recorded).
     train_limit: train on the first N stored training examples only (smoke tests; default
       config.train_examples; recorded with the run as its train_examples).
     test_limit: evaluate on N test examples (default config.test_examples; recorded with the
@@ -79,10 +79,16 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
     raise ValueError(f"dataset {config.dataset!r} builds each example from the whole stored "
                      "split on the device; use --pipeline device or auto, not host.")
   dataset.loss(archs.get(config.arch), config)  # a network the dataset cannot train: now
-  data_dir = storage.resolve_data_dir(data_dir)  # absolute from here on
+  # absolute from here on; a resumed run without --data-dir or $TFDS_DATA_DIR reads its own
+  data_dir = storage.resolve_data_dir(data_dir, model_state.recorded_data_dir(workdir))
   mesh = parallel.make_mesh(config.devices, config.batch_size)
   if tensorboard:
     tensorboard_lib.check_available()
+  # What the workdir's record decides (another network: refused; the run already finished:
+  # its result) is decided now, before any data is read.
+  finished = distributed.decide(lambda: _decided_by_the_record(config, workdir))
+  if finished is not None:
+    return finished
   # Everything decidable from the config and the data is decided before the workdir is touched
   # (a batch larger than the training set, more test examples than the set has).
   splits = _load_splits(dataset, config, data_dir)
@@ -90,7 +96,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   # Process 0 owns the workdir (the lock, metrics, config.json); the others of a multi-process
   # run only take part in the checkpoints' collective writes and reads.
   with WorkdirLock(workdir) as lock:  # before anything in the workdir is read or changed
-    run = _Run(config, dataset, splits, workdir, lock, mesh,
+    run = _Run(config, dataset, splits, workdir, data_dir, lock, mesh,
                progress and distributed.is_main(), tensorboard, time.time())
     return _train_locked(run)
 
@@ -112,6 +118,7 @@ class _Run(NamedTuple):
   dataset: Dataset
   splits: _Splits
   workdir: Path
+  data_dir: Path
   lock: WorkdirLock
   mesh: jax.sharding.Mesh | None
   progress: bool
@@ -145,15 +152,15 @@ def _train_locked(run: _Run) -> dict[str, Any]:
       say(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
     state, start_step, config = _restore_or_start(run, ckpt, state, settings, say)
     run = run._replace(config=config)
-    _record_config(run, settings, ckpt)
+    total_steps = config.total_steps(run.splits.train_size)
+    _record_run(run, settings, total_steps, ckpt)
     write = _metrics_writer(run, ckpt, board)
     evaluation = _Evaluation(run, graphdef, write, board)
-    total_steps = config.total_steps(run.splits.train_size)
     meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
-    state, final_step = _run_chunks(run, graphdef, state, start_step, total_steps, ckpt, meta,
-                                    write, evaluation)
+    state, final_step, training_s = _run_chunks(run, graphdef, state, start_step, total_steps,
+                                                ckpt, meta, write, evaluation)
     final = evaluation(state, final_step)
-  final["train_seconds"] = time.time() - run.started
+  final["train_seconds"] = training_s
   return final
 
 
@@ -190,11 +197,14 @@ def _restore_or_start(run: _Run, ckpt: Checkpointer, state, settings: dict[str, 
   return state, start_step, config
 
 
-def _record_config(run: _Run, settings: dict[str, Any], ckpt: Checkpointer) -> None:
-  """Writes WORKDIR/config.json (process 0): the run's config and network settings."""
-  text = json.dumps({"config": dataclasses.asdict(run.config), "model": settings}, indent=2)
+def _record_run(run: _Run, settings: dict[str, Any], total_steps: int,
+                ckpt: Checkpointer) -> None:
+  """Writes WORKDIR/config.json (process 0, `model_state.RUN_RECORD`): the run's config,
+  network settings, absolute data dir and length in steps."""
+  text = json.dumps({"config": dataclasses.asdict(run.config), "model": settings,
+                     "data_dir": str(run.data_dir), "total_steps": total_steps}, indent=2)
   try:
-    distributed.decide(lambda: write_text_atomic(run.workdir / "config.json", text))
+    distributed.decide(lambda: write_text_atomic(run.workdir / model_state.RUN_RECORD, text))
   except StorageError as e:
     raise StorageError(f"{e}; {ckpt.last_complete_phrase()}") from e
 
@@ -249,7 +259,8 @@ def _run_chunks(run: _Run, graphdef, state, start_step: int, total_steps: int,
                 ckpt: Checkpointer, meta: dict[str, Any], write, evaluation: _Evaluation):
   """Trains from `start_step` to `total_steps` in compiled chunks, running after each the
   periodic actions due at its last step; saves the final checkpoint. Returns (state, the final
-  step). Raises NonFiniteError or TrainingInterrupted (with a checkpoint saved)."""
+  step, the seconds spent training: `metrics.LogWindow.training_s`). Raises NonFiniteError or
+  TrainingInterrupted (with a checkpoint saved)."""
   config, mesh, faults = run.config, run.mesh, hooks.installed()
   capacity = config.steps_per_dispatch or config.log_every
   source = pipeline.make_source(config.pipeline, run.splits.train, config.batch_size,
@@ -290,7 +301,7 @@ def _run_chunks(run: _Run, graphdef, state, start_step: int, total_steps: int,
     final_step = max(start_step, total_steps)
     if distributed.any_process(stop.requested):  # during the last chunk: no final evaluation
       raise TrainingInterrupted(stop.signum or signal.SIGTERM, final_step, str(ckpt.directory))
-  return state, final_step
+  return state, final_step, window.training_s
 
 
 def _periodic_actions(run: _Run, done: int, total_steps: int, stop: StopOnSignal, state,
@@ -327,3 +338,34 @@ def _nonfinite_message(result: steps.ChunkResult, ckpt: Checkpointer) -> str:
   return (f"non-finite loss, gradient or updated parameters at step {int(result.bad_step)} "
           f"(mean loss {loss:.6g}); stopped without saving it; {kept}. Lower the learning rate "
           "or check the data.")
+
+
+def _decided_by_the_record(config: TrainConfig, workdir: str | os.PathLike
+                           ) -> dict[str, Any] | None:
+  """What the run recorded in `workdir` decides before any data is read: ValueError (one line)
+  if its checkpoints hold another network than `config` builds on the same dataset; the run's
+  final test record if it has trained to `config`'s length and evaluated the test examples
+  `config` asks for (nothing to do); None otherwise (start or resume)."""
+  workdir = Path(workdir).expanduser()
+  record = model_state.read_run_record(workdir)
+  folder = workdir / "checkpoints"
+  saved_steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] \
+      if folder.is_dir() else []
+  if record is None or not saved_steps:
+    return None
+  saved, model = record.get("config", {}), record.get("model", {})
+  if saved.get("dataset") == config.dataset and {"input_shape", "num_classes"} <= set(model):
+    model_state.check_resumable(model, model_state.settings_of(
+        config, model["input_shape"], model["num_classes"]), workdir)
+  length = ("epochs", "max_steps", "batch_size", "dataset", "train_examples")
+  total = config.max_steps if config.max_steps is not None else (
+      record.get("total_steps") if all(saved.get(k) == getattr(config, k) for k in length)
+      else None)
+  last = max(saved_steps)
+  if total is None or last < total or saved.get("test_examples") != config.test_examples:
+    return None
+  final = metrics.final_test_record(workdir, last)
+  if final is not None and distributed.is_main():
+    print(f"Already trained to step {last} (>= {total}) and evaluated; the run's final test "
+          "record follows.")
+  return final

@@ -77,7 +77,7 @@ class LogWindow:
   """The training steps since the last train record, and the record written when one is due
   (every `config.log_every` steps and at the last step).
 
-  A record's `images_per_sec` counts training alone: the seconds spent saving checkpoints and
+  A record's `images_per_sec` counts training alone (and `training_s` sums it over the run): the seconds spent saving checkpoints and
   evaluating within the window (`aside`) are taken out and logged beside it (`checkpoint_s`,
   `eval_s`, in seconds). `learning_rate` is `schedule`'s value at the window's last step.
 
@@ -94,6 +94,7 @@ class LogWindow:
                write: Callable[[dict[str, Any]], None], bar, started: float):
     self.config, self.total_steps, self.schedule = config, total_steps, schedule
     self.write, self.bar, self.started = write, bar, started
+    self.training_s = 0.0  # seconds spent training in all windows so far
     self._reset()
 
   def _reset(self) -> None:
@@ -110,6 +111,7 @@ class LogWindow:
     if done % self.config.log_every == 0 or done == self.total_steps:
       summary = summarise(self.pending)
       training_s = time.time() - self.start - sum(self.seconds_aside.values())
+      self.training_s += training_s
       rate = self.images / max(training_s, 1e-9)
       self.write({**train_record(done, summary), "images_per_sec": rate, **self.seconds_aside,
                   "learning_rate": float(self.schedule(done - 1)),
@@ -127,3 +129,21 @@ class LogWindow:
       yield
     finally:
       self.seconds_aside[name] += time.time() - t0
+
+
+def final_test_record(workdir: Path, step: int) -> dict[str, Any] | None:
+  """The last test record of `step` in WORKDIR/metrics.jsonl, or None (no such record, no
+  file, or a line that is not JSON: then the run evaluates again)."""
+  found = None
+  try:
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  except OSError:
+    return None
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      return None
+    if record.get("split") == "test" and record.get("step") == step:
+      found = record
+  return found

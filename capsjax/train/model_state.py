@@ -8,6 +8,7 @@ reads a config written by any earlier version (`config_from_saved`) and restores
 """
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -32,12 +33,39 @@ def model_settings(config: TrainConfig, split: storage.Split,
   """The network's settings for `config` on a dataset like `split` (recorded with the run):
   arch, input_shape (default: the split's image shape), num_classes, the arch's TrainConfig
   fields and `config.model`."""
+  shape = split.images.shape[1:] if input_shape is None else input_shape
+  return settings_of(config, shape, int(split.num_classes))
+
+
+def settings_of(config: TrainConfig, input_shape, num_classes: int) -> dict[str, Any]:
+  """`model_settings` for inputs of `input_shape` (H, W, C) and `num_classes` classes."""
   arch = archs.get(config.arch)
   own = {k: getattr(config, k) for k in arch.config_keys}
-  shape = split.images.shape[1:] if input_shape is None else input_shape
-  return {"arch": arch.name, "input_shape": list(shape),
-          "num_classes": int(split.num_classes),
+  return {"arch": arch.name, "input_shape": list(input_shape), "num_classes": int(num_classes),
           **{k: dict(v) if isinstance(v, dict) else v for k, v in own.items()}, **config.model}
+
+
+# What a run records about itself in WORKDIR/config.json, rewritten at every start: "config"
+# (the TrainConfig), "model" (`model_settings`), "data_dir" (absolute) and "total_steps".
+RUN_RECORD = "config.json"
+
+
+def read_run_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """WORKDIR/config.json as a dict; None where there is none or it cannot be read (a run that
+  never started, or a damaged file: the checkpoints still decide)."""
+  try:
+    record = json.loads((Path(workdir).expanduser() / RUN_RECORD).read_text())
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
+
+
+def recorded_data_dir(workdir: str | os.PathLike) -> str | None:
+  """The data dir the run in `workdir` trained from, if it recorded one that still exists
+  (`capsjax eval` and `viz` take it when no --data-dir is given)."""
+  record = read_run_record(workdir) or {}
+  path = record.get("data_dir")
+  return path if isinstance(path, str) and Path(path).is_dir() else None
 
 
 def create_model(settings: dict[str, Any], config: TrainConfig) -> nnx.Module:
@@ -178,6 +206,10 @@ def load_for_eval(workdir: str | os.PathLike, step: int | None = None, *,
     raise ValueError(f"workdir {str(path)!r} has no checkpoints/; train into it first.")
   for attempt in range(3):
     with Checkpointer(path) as ckpt:
+      kept = ckpt.all_steps()
+      if step is not None and kept and step not in kept:  # (none at all: resolve_step says so)
+        raise ValueError(f"no checkpoint of step {step} in {str(ckpt.directory)!r}; it holds "
+                         f"step{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}.")
       chosen = ckpt.resolve_step(step)
       try:
         meta = ckpt.read_meta(chosen)
