@@ -29,10 +29,8 @@ from capsjax.train import config as config_lib
 # predict`): its top score is nearer the length a present class is trained to reach, m+ = 0.9 of
 # the margin loss (Eq. 4), than an absent one's, m- = 0.1 (so >= 0.5, halfway), and beats the
 # runner-up by >= 0.5. Not m+ itself: m+ is where the margin loss stops pushing a present class, so
-# correct answers' lengths gather just under it (the `quick` checkpoint: median top score 0.891;
-# only 38% of 2,000 MNIST test digits reach 0.9). With 0.5 / 0.5, 92.6% of those 2,000 are
-# confident, all of them right, and all 15 wrong answers are not (docs/results.md, "Predict on
-# photos", has the photos' figures and the other thresholds tried).
+# correct answers' lengths gather just under it, and most of them would not count (the measured
+# figures, and the other thresholds tried: docs/results.md, "Predict on photos").
 CONFIDENT_SCORE = 0.5
 CONFIDENT_GAP = 0.5
 
@@ -62,7 +60,7 @@ class Prediction(NamedTuple):
 
     Scores are capsule lengths, not probabilities: they need not sum to 1, and several classes
     (or none) can score high. A picture that is no digit, or that looks like two, usually fails
-    this test; so do most wrong answers (see `CONFIDENT_SCORE` in the source for the figures).
+    this test; so do most wrong answers (measured figures: docs/results.md, "Predict on photos").
     """
     top_two = np.sort(np.asarray(self.scores), -1)[..., ::-1][..., :2]
     runner_up = top_two[..., 1] if top_two.shape[-1] > 1 else np.zeros_like(top_two[..., 0])

@@ -24,7 +24,8 @@ from capsjax.nn.objective import LossFn
 # (key or None, stored images [N,...] uint8, stored labels [N], index [B] int) ->
 # (inputs float32 [B,H,W,C] in [0, 1], targets). `key` is the training step's key (None when
 # evaluating: test sets are fixed).
-ExampleBuilder = Callable[[jax.Array | None, jnp.ndarray, jnp.ndarray, jnp.ndarray], tuple[Any, Any]]
+ExampleBuilder = Callable[[jax.Array | None, jnp.ndarray, jnp.ndarray, jnp.ndarray],
+                          tuple[Any, Any]]
 
 
 class Dataset(NamedTuple):

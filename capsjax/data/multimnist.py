@@ -237,8 +237,8 @@ def size(split: str, stored: storage.Split) -> int:
 
 
 def pair_key(seed: int, split: str) -> jax.Array:
-  """The key of a split's pairs (`capsjax.core.streams`): stream "multimnist/train" of the run's seed
-  for training, the fixed test stream "multimnist/test" for the test set."""
+  """The key of a split's pairs (`capsjax.core.streams`): stream "multimnist/train" of the
+  run's seed for training, the fixed test stream "multimnist/test" for the test set."""
   if split == "train":
     return streams.stream(seed, "multimnist/train")
   return streams.eval_stream("multimnist")

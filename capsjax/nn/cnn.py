@@ -18,9 +18,9 @@ class BaselineCNN(nnx.Module):
   pooling that is 35,445,522 parameters (the paper's 35.4M). The paper does not give the dropout
   rate; 0.5 is the usual one. `model(images [B, H, W, C], dropout_key=None) -> logits [B, classes]`
   float32; dropout is applied only when `dropout_key` is given (training). Images: uint8 0..255
-  (read as /255) or floating point in [0, 1] (`capsjax.nn.inputs`, as for `CapsNet`); ValueError (one
-  line) for another shape or another dtype (int32, bool, ...: named). `dtype` (e.g. bfloat16): the
-  convolutions' and matmuls' (parameters and logits stay float32).
+  (read as /255) or floating point in [0, 1] (`capsjax.nn.inputs`, as for `CapsNet`); ValueError
+  (one line) for another shape or another dtype (int32, bool, ...: named). `dtype` (e.g.
+  bfloat16): the convolutions' and matmuls' (parameters and logits stay float32).
 
   Args:
     input_shape: (H, W, C) of the images, in pixels and channels.

@@ -56,7 +56,7 @@ class TrainConfig:
   """
 
   dataset: str = "mnist"
-  arch: str = "capsnet"  # the network: a name from capsjax.train.archs.available() (capsnet, baseline)
+  arch: str = "capsnet"  # the network: capsjax.train.archs.available() (capsnet, baseline)
   batch_size: int = 128
   epochs: int | None = None  # run length in epochs; max_steps wins when both are set
   max_steps: int | None = None

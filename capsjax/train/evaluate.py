@@ -57,8 +57,8 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
                         batch_size: int | None = None, progress: bool = False,
                         step: int | None = None) -> dict[str, Any]:
   """The test record (`metrics.test_record`, plus "dataset") of checkpoint `step` (default:
-  newest) of `workdir` on the test set of `dataset` (default: the one it was trained on), e.g. a network
-  trained on expanded_mnist evaluated on affnist_style.
+  newest) of `workdir` on the test set of `dataset` (default: the one it was trained on), e.g.
+  a network trained on expanded_mnist evaluated on affnist_style.
 
   `test_examples`: N (the first N of a stored set, N spread evenly over a built one, as in
   training); "all": every example of the set (MultiMNIST: 10,000,000 pairs); None: the run's own

@@ -77,9 +77,10 @@ class LogWindow:
   """The training steps since the last train record, and the record written when one is due
   (every `config.log_every` steps and at the last step).
 
-  A record's `images_per_sec` counts training alone (and `training_s` sums it over the run): the seconds spent saving checkpoints and
-  evaluating within the window (`aside`) are taken out and logged beside it (`checkpoint_s`,
-  `eval_s`, in seconds). `learning_rate` is `schedule`'s value at the window's last step.
+  A record's `images_per_sec` counts training alone (and `training_s` sums it over the run): the
+  seconds spent saving checkpoints and evaluating within the window (`aside`) are taken out and
+  logged beside it (`checkpoint_s`, `eval_s`, in seconds). `learning_rate` is `schedule`'s value
+  at the window's last step.
 
   Args:
     config: the run's TrainConfig (batch_size, log_every).

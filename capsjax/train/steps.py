@@ -1,8 +1,8 @@
 """Jitted train and eval steps over an NNX (model, optimizer) pair split into graphdef + state.
 
-The steps know nothing of the network: its loss and outputs come from its `capsjax.train.archs.Arch`,
-the batch (with its augmentation) from the dataset's `ExampleBuilder` passed in
-(`capsjax.data.dataset`; a transform such as the random shift runs inside it).
+The steps know nothing of the network: its loss and outputs come from its
+`capsjax.train.archs.Arch`, the batch (with its augmentation) from the dataset's `ExampleBuilder`
+passed in (`capsjax.data.dataset`; a transform such as the random shift runs inside it).
 
 The state pytree is donated to the train step, so parameters and Adam moments are updated in
 place; `nnx.split`/`nnx.merge` happen once outside the loop and inside the traced function only.
@@ -104,10 +104,10 @@ def _objective(loss_fn: LossFn, model, images, labels, *, train: bool, key=None,
 def _train_update(graphdef: Any, loss_fn: LossFn):
   """The pure training step `(state, images, targets, keys: StepKeys) -> (state, metrics)` on
   a built batch (`capsjax.data.dataset.ExampleBuilder`, which used `keys.data`); `keys.dropout`
-  feeds the loss (dropout): another stream of the run's seed (`capsjax.core.streams`). `metrics.finite` is 0
-  when the loss, a gradient, or a parameter or optimizer-state value after the update is
-  NaN/Inf: so the step that breaks the parameters (e.g. an infinite learning rate) is the one
-  flagged, not the next.
+  feeds the loss (dropout): another stream of the run's seed (`capsjax.core.streams`).
+  `metrics.finite` is 0 when the loss, a gradient, or a parameter or optimizer-state value after
+  the update is NaN/Inf: so the step that breaks the parameters (e.g. an infinite learning rate)
+  is the one flagged, not the next.
   """
 
   def update(state, images, labels, keys: StepKeys):
@@ -150,15 +150,14 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, builder: Callable):
 
   `base_keys` is the run's `streams.run_keys(seed)`; global step s = first_step + i (0 <= i <
   num_steps, both scalars on the device, num_steps <= K) has keys `k = streams.at_step(base_keys,
-  s)`, trains on `builder(k.data, images, labels, indices[i])` (`capsjax.data.dataset.ExampleBuilder`,
-  e.g. `gather(augment.shift_transform(2))`: the rows `images[indices[i]]`, shifted) and draws
-  its dropout from `k.dropout`. `images`/`labels` are the stored training split resident on the
-  device; or, with `indices` None, this chunk's rows themselves, [K, B, H, W, C] / [K, B],
-  step i building its batch from `images[i]` as a split of B rows. A step whose loss, gradient
-  or updated state is non-finite leaves the state as it was and ends the chunk
-  (`ChunkResult.bad_step`),
-  so the returned state is the last good one. One compilation serves every num_steps <= K (a
-  `while_loop`); `state` is donated.
+  s)`, trains on `builder(k.data, images, labels, indices[i])`
+  (`capsjax.data.dataset.ExampleBuilder`, e.g. `gather(augment.shift_transform(2))`: the rows
+  `images[indices[i]]`, shifted) and draws its dropout from `k.dropout`. `images`/`labels` are the
+  stored training split resident on the device; or, with `indices` None, this chunk's rows
+  themselves, [K, B, H, W, C] / [K, B], step i building its batch from `images[i]` as a split of B
+  rows. A step whose loss, gradient or updated state is non-finite leaves the state as it was and
+  ends the chunk (`ChunkResult.bad_step`), so the returned state is the last good one. One
+  compilation serves every num_steps <= K (a `while_loop`); `state` is donated.
   """
   update = _train_update(graphdef, loss_fn)
 
@@ -200,12 +199,13 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, builder: Callable):
 def make_eval_step(graphdef: Any, loss_fn: LossFn, builder: Callable):
   """Returns jitted `step(state, images [N,...], labels [N], index [B] int, valid [B] bool) ->
   StepMetrics` over the examples `builder(None, images, labels, index)`
-  (`capsjax.data.dataset.ExampleBuilder`) of the stored test split resident on the device (its labels
-  were checked when it was loaded); `capsjax.train.evaluate.evaluate_indexed` runs it over a test set.
+  (`capsjax.data.dataset.ExampleBuilder`) of the stored test split resident on the device (its
+  labels were checked when it was loaded); `capsjax.train.evaluate.evaluate_indexed` runs it over
+  a test set.
 
-  `graphdef`/`state`: of the model alone (`capsjax.train.model_state.load_for_eval`), or of the (model, optimizer) pair
-  that training uses (the optimizer is not touched). Test-time behaviour (CapsNet: decoder
-  masked by the predicted class); padded examples (valid = False) do not count.
+  `graphdef`/`state`: of the model alone (`capsjax.train.model_state.load_for_eval`), or of the
+  (model, optimizer) pair that training uses (the optimizer is not touched). Test-time behaviour
+  (CapsNet: decoder masked by the predicted class); padded examples (valid = False) do not count.
   """
 
   def step(state, images, labels, index, valid):
