@@ -151,6 +151,31 @@ def _drop_closed_loop_reports() -> None:
   sys.unraisablehook = hook
 
 
+def manifest_damage(step_dir: Path) -> str | None:
+  """What is wrong with the files of the checkpoint in `step_dir` by its manifest (sizes and
+  CRC-32s): "file NAME is missing", "... has N bytes, expected M ...", "... does not match its
+  checksum ...", or "its manifest is unreadable ..."; None if they match (or there is no
+  manifest: a checkpoint written before manifests existed). Reads files only: no Orbax, no
+  collective, so one process can check alone."""
+  manifest_path = step_dir / MANIFEST
+  if not manifest_path.exists():
+    return None
+  try:
+    expected = json.loads(manifest_path.read_text())
+  except ValueError as e:
+    return f"its {MANIFEST} is unreadable ({_first_line(e)})"
+  for name, (size, crc) in expected.items():
+    path = step_dir / name
+    if not path.is_file():
+      return f"file {name} is missing"
+    if path.stat().st_size != size:
+      return (f"file {name} has {path.stat().st_size} bytes, expected {size} (truncated or "
+              "overwritten)")
+    if _crc32(path) != crc:
+      return f"file {name} does not match its checksum (corrupted)"
+  return None
+
+
 def directory_bytes(path: Path) -> int:
   """Total size of the files under `path`."""
   return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -340,22 +365,9 @@ class Checkpointer:
     """
     if step in self._verified:
       return
-    step_dir = self.directory / str(step)
-    manifest_path = step_dir / MANIFEST
-    if manifest_path.exists():
-      try:
-        expected = json.loads(manifest_path.read_text())
-      except ValueError as e:
-        raise self._error(step, f"its {MANIFEST} is unreadable ({_first_line(e)})") from e
-      for name, (size, crc) in expected.items():
-        path = step_dir / name
-        if not path.is_file():
-          raise self._error(step, f"file {name} is missing")
-        if path.stat().st_size != size:
-          raise self._error(step, f"file {name} has {path.stat().st_size} bytes, expected {size} "
-                                  "(truncated or overwritten)")
-        if _crc32(path) != crc:
-          raise self._error(step, f"file {name} does not match its checksum (corrupted)")
+    damage = manifest_damage(self.directory / str(step))
+    if damage is not None:
+      raise self._error(step, damage)
     self._verified.add(step)
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from capsjax.core import streams
 from capsjax.data import datasets, order, pipeline, storage
 from capsjax.data.dataset import Dataset, input_shape, subset
 from capsjax.infra import distributed, hooks, parallel
-from capsjax.infra.checkpoint import Checkpointer, NonFiniteError
+from capsjax.infra.checkpoint import Checkpointer, NonFiniteError, manifest_damage
 from capsjax.infra.interrupt import StopOnSignal, TrainingInterrupted
 from capsjax.infra.workdir import StorageError, WorkdirLock, prepare_workdir, write_text_atomic
 from capsjax.train import archs, metrics, model_state, steps
@@ -345,7 +345,8 @@ def _decided_by_the_record(config: TrainConfig, workdir: str | os.PathLike
   """What the run recorded in `workdir` decides before any data is read: ValueError (one line)
   if its checkpoints hold another network than `config` builds on the same dataset; the run's
   final test record if it has trained to `config`'s length and evaluated the test examples
-  `config` asks for (nothing to do); None otherwise (start or resume)."""
+  `config` asks for and its newest checkpoint is whole (nothing to do); None otherwise (start or
+  resume)."""
   workdir = Path(workdir).expanduser()
   record = model_state.read_run_record(workdir)
   folder = workdir / "checkpoints"
@@ -363,6 +364,8 @@ def _decided_by_the_record(config: TrainConfig, workdir: str | os.PathLike
       else None)
   last = max(saved_steps)
   if total is None or last < total or saved.get("test_examples") != config.test_examples:
+    return None
+  if manifest_damage(folder / str(last)) is not None:  # the loop moves it aside and says so
     return None
   final = metrics.final_test_record(workdir, last)
   if final is not None and distributed.is_main():
