@@ -121,6 +121,10 @@ class TrainedModel:
       return [images]
     if isinstance(images, (list, tuple)) and any(isinstance(x, picture) for x in images):
       return list(images)
+    if isinstance(images, (list, tuple)) and images and all(
+        isinstance(x, np.ndarray) for x in images) and any(
+        x.ndim == 2 or (x.ndim == 3 and x.shape != tuple(self.input_shape)) for x in images):
+      return list(images)  # arrays of pictures (of any sizes), not one batch
     array = np.asarray(images) if not isinstance(images, np.ndarray) else images
     size = int(np.prod(self.input_shape))
     if array.ndim == 2 and array.shape[1] == size and array.shape[0] != self.input_shape[0]:

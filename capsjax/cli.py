@@ -39,6 +39,8 @@ EXIT_STORAGE = 74  # EX_IOERR of sysexits.h
 
 class _Parser(argparse.ArgumentParser):
   def error(self, message):  # one line, no usage dump
+    if message.endswith("required: command"):
+      message = (f"{message} (one of {', '.join(_COMMANDS)}, predict; capsjax --help for more)")
     sys.stderr.write(f"capsjax: error: {message}\n")
     sys.exit(EXIT_USAGE)
 
@@ -308,7 +310,7 @@ def _predict(args) -> int:
     if model.predict(np.zeros(model.input_shape, np.uint8)).reconstructions is None:
       raise ValueError(f"--reconstruct: the network of {args.workdir!r} (arch "
                        f"{model.arch.name!r}) has no decoder, so there is nothing to reconstruct.")
-  failed = 0
+  failed, stems = 0, set()
 
   def classify(batch: list) -> None:  # [(name, image, done)], one compiled batch at most
     if not batch:
@@ -320,6 +322,9 @@ def _predict(args) -> int:
                 "confident": bool(pred.confident[i]), "converted": done, "step": model.step}
       if out_dir is not None:
         stem = Path(name).stem
+        if stem in stems:  # photo7.png and photo7.jpg: photo7, photo7.jpg (no file overwritten)
+          stem = Path(name).name
+        stems.add(stem)
         images.write_image(out_dir / f"{stem}.input.png", to_float(image))
         images.write_image(out_dir / f"{stem}.reconstruction.png", pred.reconstructions[i])
         record["reconstruction"] = str(out_dir / f"{stem}.reconstruction.png")
@@ -408,7 +413,7 @@ def _duration(seconds: float) -> str:
 def _trained_sentence(workdir: str, result: dict) -> str:
   """The human line after `train`'s JSON: the result, where the checkpoint is, what to try."""
   spent = (f" ({_duration(result['train_seconds'])} of training)"
-           if "train_seconds" in result else "")
+           if result.get("train_seconds") else "")
   quoted = shlex.quote(workdir)
   return (f"capsjax: test accuracy {result['test_accuracy']:.2%} on "
           f"{result['test_examples']:,} test examples at step {result['step']:,}{spent}; "

@@ -507,8 +507,8 @@ def draw_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
   shown = ax.imshow(off, cmap="Reds")
   for i in range(k):
     for j in range(k):
-      if matrix[i, j]:  # the diagonal is blank (not coloured): its counts in grey
-        colour = "dimgray" if i == j else text_color(shown.cmap(shown.norm(off[i, j])))
+      if matrix[i, j]:  # the diagonal is not coloured (white): its counts in black
+        colour = "black" if i == j else text_color(shown.cmap(shown.norm(off[i, j])))
         ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=colour)
   ax.set_xticks(range(k))
   ax.set_yticks(range(k))

@@ -130,3 +130,37 @@ def test_predict_into_a_closed_pipe_is_no_error(run, data_dir, tmp_path):
   proc.stdout.close()  # as `| head -1` does
   err = proc.stderr.read().decode()
   assert proc.wait(timeout=120) in (0, 141) and "Traceback" not in err and "Error" not in err
+
+
+def test_pictures_of_one_name_and_lists_of_arrays(run, data_dir, tmp_path, capsys):
+  import numpy as np
+  from PIL import Image
+
+  import capsjax
+
+  digit = 255 - storage.load_split("mnist", "test", data_dir, limit=1).images[0, ..., 0]
+  photo = np.asarray(Image.fromarray(digit).resize((90, 90)))  # dark on light, larger
+  Image.fromarray(photo).save(tmp_path / "seven.png")
+  Image.fromarray(photo).save(tmp_path / "seven.jpg")
+  out_dir = tmp_path / "out"
+  assert cli.main(["predict", "--workdir", str(run), str(tmp_path / "seven.png"),
+                   str(tmp_path / "seven.jpg"), "--reconstruct", str(out_dir)]) == 0
+  written = [json.loads(l)["reconstruction"] for l in capsys.readouterr().out.splitlines()]
+  assert len(set(written)) == 2 and sorted(p.name for p in out_dir.iterdir()) == [
+      "seven.input.png", "seven.jpg.input.png", "seven.jpg.reconstruction.png",
+      "seven.reconstruction.png"]
+  # A list of arrays of other shapes is a list of pictures, each converted (not one batch).
+  model = capsjax.load(run)
+  rgb = np.stack([photo] * 3, -1)[:80]
+  assert model.predict([photo, photo]).classes.shape == (2,)
+  np.testing.assert_array_equal(model.predict([photo, rgb]).scores[0],
+                                model.predict(str(tmp_path / "seven.png")).scores[0])
+
+
+def test_bare_capsjax_names_its_commands(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main([])
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err == ("capsjax: error: the following arguments are required: "
+                                     "command (one of train, eval, rules, viz, predict; capsjax "
+                                     "--help for more)\n")

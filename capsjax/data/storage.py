@@ -103,7 +103,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None,
   path = Path(data_dir).expanduser().absolute()
   if not path.is_dir():
     raise ValueError(f"data dir {str(path)!r} does not exist or is not a directory; expected a "
-                     "TFDS data_dir such as ../shared/tensorflow_datasets.")
+                     "TFDS data_dir holding mnist/3.0.1 (docs/getting-started.md, \"Getting the "
+                     "data\", says how to make one).")
   if not any(path.iterdir()):
     raise ValueError(f"data dir {str(path)!r} is empty; expected a TFDS data_dir with one folder "
                      f"per dataset ({', '.join(SUPPORTED_DATASETS)}).")
