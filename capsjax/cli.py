@@ -48,15 +48,6 @@ class _Parser(argparse.ArgumentParser):
 _RECORDED_DATA_DIR = "TFDS data_dir (default: $TFDS_DATA_DIR, else the one the run recorded)"
 
 
-def _data_dir(args) -> str | None:
-  """--data-dir, else $TFDS_DATA_DIR, else the data dir the run in --workdir recorded (None:
-  none of them; the command that needs one says so)."""
-  from capsjax.train import model_state
-
-  return (args.data_dir or os.environ.get(storage.DATA_DIR_ENV)
-          or model_state.recorded_data_dir(args.workdir))
-
-
 def _build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="capsjax", description="Capsule Networks in JAX: train and evaluate.")
   parser.add_argument("--version", action="version", version=f"capsjax {__version__}")
@@ -192,7 +183,7 @@ def _viz(args) -> dict:
 
   _check_positive(args, "dims")
   figures = None if args.figures is None else [f.strip() for f in args.figures.split(",")]
-  drawn = viz.render(args.workdir, _data_dir(args), args.out, figures, digit=args.digit,
+  drawn = viz.render(args.workdir, args.data_dir, args.out, figures, digit=args.digit,
                      dims=args.dims, step=args.step, test_examples=_test_count(args),
                      image=args.image, progress=not args.no_progress,
                      report=lambda line: sys.stderr.write(f"capsjax: {line}\n"))
@@ -282,7 +273,10 @@ def _eval(args) -> dict:
   count = _test_count(args)
   if args.dataset is not None:
     datasets.get(args.dataset, "test")
-  data_dir = storage.resolve_data_dir(_data_dir(args))  # absolute, resolved once
+  from capsjax.train import model_state
+
+  # absolute, resolved once: --data-dir, $TFDS_DATA_DIR, else the one the run recorded
+  data_dir = storage.resolve_data_dir(args.data_dir, model_state.recorded_data_dir(args.workdir))
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
   return evaluate.evaluate_checkpoint(args.workdir, args.dataset, data_dir, count,
                                       args.batch_size,

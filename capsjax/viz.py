@@ -25,7 +25,6 @@ not the capsule figures for the baseline, not `multimnist` or `affnist` for an M
 named one that does not apply is skipped with the reason (`skip_reason`).
 """
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -167,16 +166,6 @@ def mosaic(images: np.ndarray, gap: int = 1, fill: float = 1.0) -> np.ndarray:
     for j in range(c):
       out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = images[i, j]
   return out[..., 0] if ch == 1 else out
-
-
-def training_curves(path: Path) -> tuple[list[dict], list[dict]]:
-  """(train records, test records) of a metrics.jsonl by step; a resumed run's repeated steps
-  keep their last record."""
-  train, test = {}, {}
-  for line in Path(path).read_text().splitlines():
-    record = json.loads(line)
-    (train if record["split"] == "train" else test)[record["step"]] = record
-  return [train[k] for k in sorted(train)], [test[k] for k in sorted(test)]
 
 
 class PairPanels(NamedTuple):
@@ -526,7 +515,7 @@ def draw_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
 
 
 def draw_curves(train: list[dict], test: list[dict], path: Path, title: str) -> None:
-  """The training curves of `training_curves`' records: train loss (log scale; the margin loss
+  """The training curves of `capsjax.train.metrics.read_records`' records: train loss (log scale; the margin loss
   beside the total where logged) and train/test accuracy in %, saved as PNG `path`.
 
   Raises:
@@ -653,7 +642,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
 
   Args:
     workdir: a training run's workdir.
-    data_dir: TFDS data_dir (None: $TFDS_DATA_DIR); not read for `curves` alone.
+    data_dir: TFDS data_dir (None: $TFDS_DATA_DIR, else the one the run recorded); not read
+      for `curves` alone.
     out: folder for the PNGs (created); None: WORKDIR/figures.
     figures: some of FIGURES (one that does not apply to the run, e.g. `multimnist` for an
       MNIST run, is skipped, saying why through `report`); None: `applicable_figures`.
@@ -681,7 +671,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   """
   from capsjax import api
   from capsjax.data import datasets, storage
-  from capsjax.train import archs
+  from capsjax.train import archs, model_state
 
   datasets.check_test_examples(test_examples)
 
@@ -711,7 +701,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   needs_data = [f for f in drawn if f not in ("curves", "samples", "affnist")]
   images = labels = None
   if any(f != "curves" for f in drawn):
-    data_dir = storage.resolve_data_dir(data_dir)  # absolute, resolved once
+    # absolute, resolved once: `data_dir`, $TFDS_DATA_DIR, else the one the run recorded
+    data_dir = storage.resolve_data_dir(data_dir, model_state.recorded_data_dir(workdir))
   if needs_data:
     if test_examples is None:  # the run's own number (as `capsjax eval`), at most VIZ_EXAMPLES
       count = model.config.test_examples
@@ -805,7 +796,9 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       if not metrics.is_file():
         skip(fig, f"{metrics} does not exist")
         continue
-      train, test = training_curves(metrics)
+      from capsjax.train.metrics import read_records
+
+      train, test = read_records(metrics)
       if not train:
         skip(fig, f"{metrics} has no training records")
         continue

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from capsjax import viz
+from capsjax.train.metrics import read_records
 
 
 def main(argv=None):
@@ -24,7 +25,7 @@ def main(argv=None):
   if not args.metrics.is_file():
     raise SystemExit(f"plot_metrics: error: {args.metrics} is not a file (expected "
                      "WORKDIR/metrics.jsonl)")
-  train, test = viz.training_curves(args.metrics)
+  train, test = read_records(args.metrics)
   if not train:
     raise SystemExit(f"plot_metrics: error: no train records in {args.metrics}")
   out = args.output or args.metrics.with_suffix(".png")

@@ -132,19 +132,26 @@ class LogWindow:
       self.seconds_aside[name] += time.time() - t0
 
 
+def read_records(path: Path) -> tuple[list[dict], list[dict]]:
+  """(train records, test records) of a metrics.jsonl, by step; a step recorded more than once
+  (a resumed run) keeps its last record.
+
+  Raises:
+    OSError: the file cannot be read.
+    ValueError: a line is not JSON.
+  """
+  train, test = {}, {}
+  for line in Path(path).read_text().splitlines():
+    record = json.loads(line)
+    (train if record.get("split") == "train" else test)[record.get("step")] = record
+  return [train[k] for k in sorted(train)], [test[k] for k in sorted(test)]
+
+
 def final_test_record(workdir: Path, step: int) -> dict[str, Any] | None:
   """The last test record of `step` in WORKDIR/metrics.jsonl, or None (no such record, no
   file, or a line that is not JSON: then the run evaluates again)."""
-  found = None
   try:
-    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  except OSError:
+    _, test = read_records(Path(workdir) / "metrics.jsonl")
+  except (OSError, ValueError):
     return None
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except ValueError:
-      return None
-    if record.get("split") == "test" and record.get("step") == step:
-      found = record
-  return found
+  return next((r for r in test if r.get("step") == step), None)
