@@ -4,15 +4,17 @@
 #   bash benchmarks/gpu_suite.sh [OUTDIR]        # OUTDIR: $OUT if set, else benchmarks/results/gpu
 #
 # Prepare .gpu/ first, here, with benchmarks/gpu_prepare.sh; then on the GPU machine (device
-# tool) carry [".gpu"] and run `bash benchmarks/gpu_suite.sh`. Stages, in priority order: env,
-# epoch_time, throughput, paper_minutes, compare_pytorch, routing_cost, tests. Each gets
+# tool) carry [".gpu"] and run `bash benchmarks/gpu_suite.sh`. Stages, in priority order (the
+# paper's number first): env, paper_minutes (the `paper_short` preset: seconds per epoch and the
+# test accuracy reached), throughput (images/s at batch 128/512 in fp32 and bf16, and K=50 steps
+# per dispatch against K=1), compare_pytorch, epoch_time, routing_cost, tests. Each gets
 # min(its cap, the time left less a reserve); one that fails or times out is recorded so and the
 # suite goes on (except env: without the data code the rest cannot run). After every stage it
 # rewrites OUTDIR/gpu_suite.json and OUTDIR/logs.tar.gz; at the end it prints a summary table
 # and, as its last line, the JSON.
 #
 # Environment: SUITE_SECONDS (540) the whole budget; SUITE_RESERVE (30) kept back for the
-# reports; PAPER_MINUTES (2); GPU_SUITE_STAGES (all) a comma-separated subset to run;
+# reports; PAPER_MINUTES (2.5) of training; GPU_SUITE_STAGES (all) a comma-separated subset to run;
 # GPU_SUITE_SMOKE=1 shrinks every stage to check the plumbing on a CPU; PYTHON (python3, or
 # .venv/bin/python where there is one); GPU_SUITE_ALLOW_CPU=1 goes on when JAX finds no GPU.
 set -uo pipefail
@@ -22,9 +24,9 @@ T0=$(date +%s)
 
 BUDGET=${SUITE_SECONDS:-540}
 RESERVE=${SUITE_RESERVE:-30}
-PAPER_MINUTES=${PAPER_MINUTES:-2}
+PAPER_MINUTES=${PAPER_MINUTES:-2.5}
 SMOKE=${GPU_SUITE_SMOKE:-0}
-ALL_STAGES=env,epoch_time,throughput,paper_minutes,compare_pytorch,routing_cost,tests
+ALL_STAGES=env,paper_minutes,throughput,compare_pytorch,epoch_time,routing_cost,tests
 STAGES=${GPU_SUITE_STAGES:-$ALL_STAGES}
 OUTDIR=${1:-${OUT:-benchmarks/results/gpu}}
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd) \
@@ -126,7 +128,7 @@ record_stage() {
 
 skip_rest() {  # skip_rest REASON: records every wanted stage not yet run as skipped
   local s
-  for s in epoch_time throughput paper_minutes compare_pytorch routing_cost tests; do
+  for s in paper_minutes throughput compare_pytorch epoch_time routing_cost tests; do
     if wanted "$s"; then STAGE=$s; STAGE_T0=$(date +%s); PARTS=(); OKRC=()
       record_stage --status skipped --reason "$1"; fi
   done
@@ -141,12 +143,15 @@ finish() {
 }
 trap 'log "interrupted"; finish' INT TERM
 
+# CAPS: the most seconds of each stage, by stage: env, epoch_time, throughput, paper_minutes,
+# compare_pytorch, routing_cost, tests (they run in the priority order above).
 if [[ $SMOKE == 1 ]]; then
   EPOCH_ARGS=(--config paper --batch-size 128 --epochs 1 --max-steps 3)
-  THROUGHPUT_BATCHES=(8 16); THROUGHPUT_STEPS=2
+  THROUGHPUT_BATCHES=(8 16); THROUGHPUT_STEPS=2; DISPATCH_K=2
   PAPER_SECONDS=${PAPER_SECONDS:-45}
   # --log-every 2: the run dispatches log-every steps at a time, and stops only between them.
   PAPER_LIMITS=(--train-examples 1024 --test-examples 256 --log-every 2 --no-progress)
+  EPOCH_IMAGES=1024
   EVAL_LIMITS=(--test-examples 256 --no-progress)
   COMPARE_ARGS=(--batch-sizes 8 --rounds 1 --steps 1)
   ROUTING_ARGS=(--rules dynamic --iters 1 --n-in 288 --batch 8 --repeats 1 --memory-batch 8)
@@ -154,13 +159,14 @@ if [[ $SMOKE == 1 ]]; then
   CAPS=(60 200 90 150 90 60 120)
 else
   EPOCH_ARGS=(--config paper --batch-size 128 --epochs 1)
-  THROUGHPUT_BATCHES=(32 128 512); THROUGHPUT_STEPS=20
+  THROUGHPUT_BATCHES=(128 512); THROUGHPUT_STEPS=20; DISPATCH_K=50
   PAPER_SECONDS=${PAPER_SECONDS:-$(awk -v m="$PAPER_MINUTES" 'BEGIN {printf "%d", m * 60}')}
   PAPER_LIMITS=(--no-progress)
+  EPOCH_IMAGES=59904  # an epoch of MNIST at batch 128: 468 steps
   EVAL_LIMITS=(--no-progress)
   COMPARE_ARGS=(--batch-sizes 32,128 --rounds 3 --steps 5)
   ROUTING_ARGS=(--iters 1,3 --n-in 1152 --batch 32,128 --repeats 5)
-  CAPS=(90 240 150 $(( PAPER_SECONDS + 150 )) 120 90 600)
+  CAPS=(90 240 180 $(( PAPER_SECONDS + 150 )) 120 90 600)
 fi
 [[ -n ${TFDS_DATA_DIR:-} ]] && DATA_ARGS=(--data-dir "$TFDS_DATA_DIR") || DATA_ARGS=()
 
@@ -177,7 +183,52 @@ if wanted env && begin_stage env "${CAPS[0]}"; then
   fi
 fi
 
-# --- b. epoch_time ------------------------------------------------------------------------------
+# --- b. paper_minutes ---------------------------------------------------------------------------
+if wanted paper_minutes && begin_stage paper_minutes "${CAPS[3]}"; then
+  W=$WORK/paper_run
+  rm -rf "$W"
+  # SIGINT: the run saves a checkpoint and exits (timeout reports 124); KILLed 40 s later if not.
+  train_cap=$(( STAGE_END - $(date +%s) - 100 ))
+  (( train_cap > PAPER_SECONDS )) && train_cap=$PAPER_SECONDS
+  run_part paper_train "$train_cap" --signal 40 "$PY" -m capsjax train --config paper_short \
+    --workdir "$W" "${DATA_ARGS[@]}" "${PAPER_LIMITS[@]}"
+  OKRC=(--ok-rc paper_train=124,130)  # stopped by the SIGINT as planned
+  run_part paper_eval "${CAPS[3]}" "$PY" -m capsjax eval --workdir "$W" "${DATA_ARGS[@]}" \
+    "${EVAL_LIMITS[@]}"
+  [[ -f $W/metrics.jsonl ]] && cp "$W/metrics.jsonl" "$LOGS/paper_metrics.jsonl"
+  record_stage --parse paper --workdir "$W" --epoch-images "$EPOCH_IMAGES" \
+    --minutes "$(awk -v s="$train_cap" 'BEGIN {printf "%.2f", s / 60}')"
+  rm -rf "$W"
+fi
+
+# --- c. throughput ------------------------------------------------------------------------------
+if wanted throughput && begin_stage throughput "${CAPS[2]}"; then
+  # One step per dispatch at each batch and precision, then the K-step loop (K = DISPATCH_K)
+  # at the first batch: the loop's trip count is a constant, so K steps queue without a host
+  # round trip between them (benchmarks/gpu_program_check.py checks this on a CPU).
+  for prec in fp32 bf16; do
+    for b in "${THROUGHPUT_BATCHES[@]}"; do
+      run_part "${b}_${prec}" "${CAPS[2]}" "$PY" benchmarks/train_throughput.py --batch-size "$b" \
+        --steps "$THROUGHPUT_STEPS" --precision "$prec"
+    done
+  done
+  run_part "${THROUGHPUT_BATCHES[0]}_fp32_k${DISPATCH_K}" "${CAPS[2]}" "$PY" \
+    benchmarks/train_throughput.py --batch-size "${THROUGHPUT_BATCHES[0]}" \
+    --steps $(( 2 * DISPATCH_K )) --steps-per-dispatch "$DISPATCH_K"
+  record_stage
+fi
+
+# --- d. compare_pytorch -------------------------------------------------------------------------
+if wanted compare_pytorch && begin_stage compare_pytorch "${CAPS[4]}"; then
+  if ! "$PY" -c "import torch" > /dev/null 2>&1; then
+    record_stage --status skipped --reason "PyTorch is not installed here"
+  else
+    run_part compare_pytorch "${CAPS[4]}" "$PY" benchmarks/compare_pytorch.py "${COMPARE_ARGS[@]}"
+    record_stage --flatten
+  fi
+fi
+
+# --- e. epoch_time ------------------------------------------------------------------------------
 if wanted epoch_time && begin_stage epoch_time "${CAPS[1]}"; then
   if [[ ! -f benchmarks/epoch_time.py ]]; then
     record_stage --status failed --reason "missing: benchmarks/epoch_time.py does not exist"
@@ -207,45 +258,6 @@ if wanted epoch_time && begin_stage epoch_time "${CAPS[1]}"; then
       [[ $help_rc != 0 ]] && log "  (epoch_time.py --help exited $help_rc)"
     fi
     record_stage
-  fi
-fi
-
-# --- c. throughput ------------------------------------------------------------------------------
-if wanted throughput && begin_stage throughput "${CAPS[2]}"; then
-  for b in "${THROUGHPUT_BATCHES[@]}"; do
-    run_part "$b" "${CAPS[2]}" "$PY" benchmarks/train_throughput.py --batch-size "$b" \
-      --steps "$THROUGHPUT_STEPS"
-  done
-  run_part "${THROUGHPUT_BATCHES[1]}_bf16" "${CAPS[2]}" "$PY" benchmarks/train_throughput.py \
-    --batch-size "${THROUGHPUT_BATCHES[1]}" --steps "$THROUGHPUT_STEPS" --precision bf16
-  record_stage
-fi
-
-# --- d. paper_minutes ---------------------------------------------------------------------------
-if wanted paper_minutes && begin_stage paper_minutes "${CAPS[3]}"; then
-  W=$WORK/paper_run
-  rm -rf "$W"
-  # SIGINT: the run saves a checkpoint and exits (timeout reports 124); KILLed 40 s later if not.
-  train_cap=$(( STAGE_END - $(date +%s) - 100 ))
-  (( train_cap > PAPER_SECONDS )) && train_cap=$PAPER_SECONDS
-  run_part paper_train "$train_cap" --signal 40 "$PY" -m capsjax train --config paper \
-    --workdir "$W" "${DATA_ARGS[@]}" "${PAPER_LIMITS[@]}"
-  OKRC=(--ok-rc paper_train=124,130)  # stopped by the SIGINT as planned
-  run_part paper_eval "${CAPS[3]}" "$PY" -m capsjax eval --workdir "$W" "${DATA_ARGS[@]}" \
-    "${EVAL_LIMITS[@]}"
-  [[ -f $W/metrics.jsonl ]] && cp "$W/metrics.jsonl" "$LOGS/paper_metrics.jsonl"
-  record_stage --parse paper --workdir "$W" \
-    --minutes "$(awk -v s="$train_cap" 'BEGIN {printf "%.2f", s / 60}')"
-  rm -rf "$W"
-fi
-
-# --- e. compare_pytorch -------------------------------------------------------------------------
-if wanted compare_pytorch && begin_stage compare_pytorch "${CAPS[4]}"; then
-  if ! "$PY" -c "import torch" > /dev/null 2>&1; then
-    record_stage --status skipped --reason "PyTorch is not installed here"
-  else
-    run_part compare_pytorch "${CAPS[4]}" "$PY" benchmarks/compare_pytorch.py "${COMPARE_ARGS[@]}"
-    record_stage --flatten
   fi
 fi
 

@@ -91,8 +91,11 @@ def parse_pytest(out: Path) -> dict:
           "failing": failing}
 
 
-def parse_paper(parts: dict[str, dict], workdir: Path | None, minutes: float) -> dict:
-  """Steps reached, test accuracy and speed of the `paper` run from its train and eval parts."""
+def parse_paper(parts: dict[str, dict], workdir: Path | None, minutes: float,
+                epoch_images: int | None = None) -> dict:
+  """Steps reached, test accuracy and speed of the paper run from its train and eval parts;
+  seconds per epoch = `epoch_images` / the median images/s of its train records (the first,
+  which holds the compilation, left out)."""
   result: dict = {"minutes": minutes}
   train, ev = parts.get("paper_train"), parts.get("paper_eval")
   if train is not None:
@@ -120,6 +123,8 @@ def parse_paper(parts: dict[str, dict], workdir: Path | None, minutes: float) ->
     rates = [r["images_per_sec"] for r in trains[1:] if "images_per_sec" in r]  # 1st: compile
     if rates:
       result["images_per_sec_median"] = sorted(rates)[len(rates) // 2]
+      if epoch_images:
+        result["seconds_per_epoch"] = epoch_images / result["images_per_sec_median"]
   tests = [r for r in records if r.get("split") == "test"]
   if tests:
     result["periodic_test_accuracy"] = {r["step"]: r.get("test_accuracy") for r in tests}
@@ -191,7 +196,7 @@ def record(args) -> None:
       result["stderr_tail"] = tail(Path(part["err"]))
   elif args.parse == "paper":
     workdir = Path(args.workdir) if args.workdir else None
-    result = parse_paper(parts, workdir, args.minutes)
+    result = parse_paper(parts, workdir, args.minutes, args.epoch_images)
     if "test_accuracy" not in result or result.get("test_accuracy") is None:
       if status == "ok":
         status = "failed"
@@ -343,12 +348,13 @@ def _highlights(name: str, status: str, result) -> str:
                      f"{num(r.get('images_per_sec'), '.0f')} img/s"
                      for k, r in result.items() if isinstance(r, dict))
   if name == "throughput":
-    return "; ".join(f"B={k}: {num(r.get('train_images_per_sec'), '.0f')} img/s"
+    return "; ".join(f"{k}: {num(r.get('train_images_per_sec'), '.0f')} img/s"
                      for k, r in result.items() if isinstance(r, dict))
   if name == "paper_minutes":
     acc = result.get("test_accuracy")
     return (f"{result.get('steps')} steps in {result.get('minutes')} min, test acc "
             f"{num(100 * acc, '.2f') + '%' if isinstance(acc, (int, float)) else '?'}, "
+            f"{num(result.get('seconds_per_epoch'), '.2f')} s/epoch, "
             f"{num(result.get('images_per_sec_median'), '.0f')} img/s")
   if name == "compare_pytorch":
     rows = result.get("results") or []
@@ -406,6 +412,8 @@ def main(argv=None) -> int:
   r.add_argument("--flatten", action="store_true", help="one part: its JSON is the result")
   r.add_argument("--workdir", default=None, help="paper: the run's workdir")
   r.add_argument("--minutes", type=float, default=None, help="paper: the time it was given")
+  r.add_argument("--epoch-images", type=int, default=None,
+                 help="paper: training images per epoch (for seconds per epoch)")
   r.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                  help="add KEY to the stage's result (VALUE: JSON or text)")
   r.add_argument("--top", action="append", default=[], metavar="KEY=VALUE",

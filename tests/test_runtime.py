@@ -13,4 +13,11 @@ def test_tune_host_allocator_can_be_turned_off(monkeypatch):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_tune_host_allocator_applies_on_glibc(monkeypatch):
   monkeypatch.delenv("CAPSJAX_TUNE_MALLOC", raising=False)
-  assert runtime.tune_host_allocator() is True
+  assert runtime.tune_host_allocator() is True  # this machine's backend: the CPU
+  assert runtime.tune_host_allocator("cpu") is True
+
+
+def test_tune_host_allocator_leaves_an_accelerator_backend_alone(monkeypatch):
+  monkeypatch.delenv("CAPSJAX_TUNE_MALLOC", raising=False)
+  assert runtime.tune_host_allocator("gpu") is False
+  assert runtime.tune_host_allocator("tpu") is False

@@ -14,6 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 IMPLEMENTATIONS = ("auto", "gemm", "native")
+# The name scope of the gemm path's patch gather, which names its ops in lowered programs
+# (benchmarks/gpu_program_check.py counts them).
+PATCH_GATHER_SCOPE = "patch_gather"
 
 
 def output_size(size: int, kernel: int, stride: int) -> int:
@@ -56,7 +59,8 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, stride: int,
     bias: [C_out].
     stride: the same in both spatial dimensions.
     impl: "gemm" (patch gather + one matmul), "native" (`lax.conv_general_dilated`) or "auto"
-      (gemm on CPU, native elsewhere).
+      (gemm on CPU, native elsewhere, decided when the program is lowered for its platform:
+      `jax.lax.platform_dependent`).
 
   Returns:
     [B, OH, OW, C_out], OH = (H - k) // stride + 1 (`output_size`), likewise OW.
@@ -66,15 +70,26 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, stride: int,
   """
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}.")
+  native = functools.partial(_native, stride=stride)
+  gemm = functools.partial(_gemm, stride=stride)
   if impl == "auto":
-    impl = "gemm" if jax.default_backend() == "cpu" else "native"
-  if impl == "native":
-    y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+    # Chosen when the program is lowered for its platform (not by the backend present when
+    # it is traced), so that a program exported for a GPU from a CPU gets native convolutions.
+    return jax.lax.platform_dependent(x, kernel, bias, cpu=gemm, default=native)
+  return (native if impl == "native" else gemm)(x, kernel, bias)
+
+
+def _native(x, kernel, bias, stride):
+  y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y + bias
+
+
+def _gemm(x, kernel, bias, stride):
   k, _, c_in, c_out = kernel.shape
   b, h, w, _ = x.shape
   oh, ow = output_size(h, k, stride), output_size(w, k, stride)
-  patches = extract_patches(x, k, stride)
+  with jax.named_scope(PATCH_GATHER_SCOPE):
+    patches = extract_patches(x, k, stride)
   y = patches.reshape(b * oh * ow, k * k * c_in) @ kernel.reshape(k * k * c_in, c_out)
   return (y + bias).reshape(b, oh, ow, c_out)

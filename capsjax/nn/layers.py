@@ -143,15 +143,18 @@ class DigitCaps(nnx.Module):
       chunked = functools.partial(routing_lib.dynamic_routing_chunked, W=W,
                                   num_iters=self.num_iters, chunk_size=self.vote_chunk_size,
                                   dtype=self.dtype, **self.options)
-      return jax.vmap(chunked)(u)
+      with jax.named_scope("votes_and_routing"):
+        return jax.vmap(chunked)(u)
     params = {k: p[...] for k, p in self.routing_params.items()}
     rule = functools.partial(self.rule.fn, num_iters=self.num_iters, **self.options, **params)
     dtype = self.dtype or u.dtype
-    u_hat = jnp.einsum("ijdk,bik->bijd", W.astype(dtype), u.astype(dtype)  # Eq. 2
-                       ).astype(u.dtype)  # u_hat_j|i = W_ij u_i
-    if self.rule.uses_activations:
-      return jax.vmap(lambda votes, a: rule(votes, activations=a))(u_hat, safe_length(u))
-    return jax.vmap(rule)(u_hat)
+    with jax.named_scope("votes"):  # (named scopes name the ops in benchmarks/step_profile.py)
+      u_hat = jnp.einsum("ijdk,bik->bijd", W.astype(dtype), u.astype(dtype)  # Eq. 2
+                         ).astype(u.dtype)  # u_hat_j|i = W_ij u_i
+    with jax.named_scope("routing"):
+      if self.rule.uses_activations:
+        return jax.vmap(lambda votes, a: rule(votes, activations=a))(u_hat, safe_length(u))
+      return jax.vmap(rule)(u_hat)
 
 
 class Decoder(nnx.Module):

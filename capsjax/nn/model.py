@@ -203,9 +203,12 @@ class CapsNet(nnx.Module):
     return x
 
   def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None) -> CapsNetOutput:
-    x = jax.nn.relu(self.conv1(self._inputs(images, labels)))
-    u = self.primary(x)
-    v, couplings, activations = self.digits(u)
+    # Named scopes name the parts' ops in profiles (benchmarks/step_profile.py).
+    with jax.named_scope("conv1"):
+      x = jax.nn.relu(self.conv1(self._inputs(images, labels)))
+    with jax.named_scope("primary_caps"):
+      u = self.primary(x)
+    v, couplings, activations = self.digits(u)  # its scopes: votes, routing
     lengths = safe_length(v) if activations is None else activations
     chosen = labels if labels is not None else jnp.argmax(lengths, axis=-1)
     return CapsNetOutput(lengths=lengths, v=v, reconstructions=self.decode(v, chosen),
@@ -221,8 +224,9 @@ class CapsNet(nnx.Module):
     Returns:
       [B, H, W, C] reconstructions in [0, 1], float32.
     """
-    mask = jax.nn.one_hot(classes, self.num_classes, dtype=v.dtype)
-    return self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
+    with jax.named_scope("decoder"):
+      mask = jax.nn.one_hot(classes, self.num_classes, dtype=v.dtype)
+      return self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
 
 
 def count_params(module: nnx.Module) -> int:

@@ -120,11 +120,13 @@ def _train_update(graphdef: Any, loss_fn: LossFn):
       return _objective(loss_fn, m, x, labels, train=True, key=keys.dropout)
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn_of, has_aux=True)(model)
-    optimizer.update(model, grads)
+    with jax.named_scope("optimizer"):
+      optimizer.update(model, grads)
     new_state = nnx.state((model, optimizer))
-    checked = [loss, *jax.tree.leaves(grads),
-               *(x for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.inexact))]
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in checked]))
+    with jax.named_scope("finite_check"):
+      checked = [loss, *jax.tree.leaves(grads),
+                 *(x for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.inexact))]
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in checked]))
     return new_state, metrics._replace(finite=finite.astype(jnp.float32))
 
   return update
@@ -157,7 +159,10 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, builder: Callable):
   themselves, [K, B, H, W, C] / [K, B], step i building its batch from `images[i]` as a split of B
   rows. A step whose loss, gradient or updated state is non-finite leaves the state as it was and
   ends the chunk (`ChunkResult.bad_step`), so the returned state is the last good one. One
-  compilation serves every num_steps <= K (a `while_loop`); `state` is donated.
+  compilation serves every num_steps <= K: a loop of exactly K iterations (a trip count XLA
+  can prove) in which step i runs only while i < num_steps and no step was non-finite (on CPU
+  the others are skipped by a branch; elsewhere they are computed and dropped, which costs
+  K - num_steps steps of a short chunk but no host round trip per step); `state` is donated.
   """
   update = _train_update(graphdef, loss_fn)
 
@@ -165,6 +170,7 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, builder: Callable):
     def key_of(i):
       return streams.at_step(base_keys, first_step + i)
 
+    @jax.named_scope("batch")
     def batch(i):
       if indices is None:
         rows = jnp.arange(labels.shape[1], dtype=jnp.int32)
@@ -175,22 +181,42 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, builder: Callable):
     capacity = (labels if indices is None else indices).shape[0]
     buffer = jax.tree.map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), shapes)
 
-    def not_done(carry):
-      _, i, bad, _ = carry
-      return (i < num_steps) & (bad == 0)
-
-    def body(carry):
-      state, i, bad, buffer = carry
+    def run_step(i, carry):
+      """Step i, applied if finite; else the state is kept and `bad` names the step."""
+      state, steps_run, bad, buffer = carry
       new_state, metrics = update(state, *batch(i), key_of(i))
       ok = metrics.finite > 0
       state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
       buffer = jax.tree.map(lambda b, m: b.at[i].set(m), buffer, metrics)
       bad = jnp.where(ok, 0, first_step + i + 1).astype(bad.dtype)
-      return state, i + jnp.where(ok, 1, 0).astype(i.dtype), bad, buffer
+      return state, steps_run + ok.astype(steps_run.dtype), bad, buffer
+
+    def skipping(i, carry, active):  # CPU: a branch costs nothing, so inactive steps are skipped
+      return jax.lax.cond(active, run_step, lambda i, carry: carry, i, carry)
+
+    def masking(i, carry, active):
+      # Accelerators: no branch (XLA:GPU copies a conditional's predicate to the host, a
+      # wait per step); an inactive step is computed and its results dropped, in the same
+      # select that keeps the state of a non-finite step.
+      state, steps_run, bad, buffer = carry
+      new_state, metrics = update(state, *batch(i), key_of(i))
+      ok = metrics.finite > 0
+      apply = active & ok
+      state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_state, state)
+      buffer = jax.tree.map(lambda b, m: b.at[i].set(jnp.where(active, m, b[i])), buffer,
+                            metrics)
+      bad = jnp.where(active & ~ok, first_step + i + 1, bad).astype(bad.dtype)
+      return state, steps_run + apply.astype(steps_run.dtype), bad, buffer
+
+    def body(i, carry):
+      active = (i < num_steps) & (carry[2] == 0)  # within num_steps, no non-finite step yet
+      return jax.lax.platform_dependent(i, carry, active, cpu=skipping, default=masking)
 
     zero = jnp.zeros((), jnp.int32)
-    state, steps_run, bad, buffer = jax.lax.while_loop(
-        not_done, body, (state, zero, zero, buffer))
+    # A constant trip count (the capacity K): XLA runs a loop whose trip count it cannot prove
+    # by copying its condition to the host after every iteration on GPU.
+    state, steps_run, bad, buffer = jax.lax.fori_loop(0, capacity, body,
+                                                      (state, zero, zero, buffer))
     return state, ChunkResult(buffer, steps_run, bad)
 
   return jax.jit(chunk, donate_argnums=0)

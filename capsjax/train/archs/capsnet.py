@@ -41,10 +41,11 @@ def loss_fn(recon_weight: float = losses.RECONSTRUCTION_WEIGHT) -> LossFn:
   def fn(model: CapsNet, images, labels, *, train: bool, key=None) -> Losses:
     del key  # CapsNet has no randomness
     out = model(images, labels if train else None)
-    margin = losses.margin_loss(out.lengths, jax.nn.one_hot(labels, model.num_classes))
-    if model.variant == "official":
-      margin = margin / (2 * model.num_classes)
-    recon = losses.reconstruction_loss(out.reconstructions, images)
+    with jax.named_scope("losses"):
+      margin = losses.margin_loss(out.lengths, jax.nn.one_hot(labels, model.num_classes))
+      if model.variant == "official":
+        margin = margin / (2 * model.num_classes)
+      recon = losses.reconstruction_loss(out.reconstructions, images)
     return Losses(margin + recon_weight * recon,
                   {"margin_loss": margin, "reconstruction_loss": recon}, out.lengths)
 
