@@ -200,7 +200,6 @@ def _train(args) -> dict:
                          auto=args.distributed,
                          timeout_s=(distributed.DEFAULT_TIMEOUT_S if args.coordinator_timeout
                                     is None else args.coordinator_timeout))
-  tune_host_allocator()  # once the backend may be initialised: after the distributed setup
   overrides = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs,
                "max_steps": args.max_steps, "batch_size": args.batch_size,
                "routing": args.routing, "routing_iters": args.routing_iters,
@@ -454,6 +453,7 @@ def main(argv=None) -> int:
     # Library warnings through absl (TFDS's "OpenCV is not installed ..." on every run, Orbax's
     # notes) say nothing a user can act on; errors still show.
     logging.getLogger("absl").setLevel(logging.ERROR)
+  tune_host_allocator()  # before JAX starts a backend; the CPU only
   _warn_in_one_line()
   stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
   try:
@@ -470,8 +470,6 @@ def _run(args, argv: list[str]) -> int:
   from capsjax.infra.workdir import StorageError
 
   try:
-    if args.command in ("eval", "predict", "viz"):  # (train: after its distributed setup)
-      tune_host_allocator()
     if args.command == "predict":
       return _predict(args)  # prints a line per file itself
     result = _COMMANDS[args.command](args)
