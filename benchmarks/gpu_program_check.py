@@ -226,8 +226,8 @@ def check(report: dict[str, Any]) -> list[str]:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--platform", default="cuda", help="the platform to export for (cuda, rocm, "
-                 "tpu, cpu)")
+  p.add_argument("--platform", default="cuda", choices=("cuda", "rocm", "tpu", "cpu"),
+                 help="the platform to export for (default: cuda)")
   p.add_argument("--config", default="paper", help="the preset whose programs are checked")
   p.add_argument("--no-memory", action="store_true", help="skip the CPU memory footprint")
   args = p.parse_args(argv)

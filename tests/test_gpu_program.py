@@ -90,6 +90,7 @@ def test_analysis_finds_conditionals_callbacks_and_donation():
 
 @pytest.mark.parametrize("args, message", [
     (["--config", "nope"], "--config: unknown preset 'nope'"),
+    (["--platform", "gpu"], "argument --platform: invalid choice: 'gpu'"),
 ])
 def test_bad_arguments_are_one_error_line(args, message):
   proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_program_check.py"),

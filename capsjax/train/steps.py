@@ -181,23 +181,9 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, builder: Callable):
     capacity = (labels if indices is None else indices).shape[0]
     buffer = jax.tree.map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), shapes)
 
-    def run_step(i, carry):
-      """Step i, applied if finite; else the state is kept and `bad` names the step."""
-      state, steps_run, bad, buffer = carry
-      new_state, metrics = update(state, *batch(i), key_of(i))
-      ok = metrics.finite > 0
-      state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-      buffer = jax.tree.map(lambda b, m: b.at[i].set(m), buffer, metrics)
-      bad = jnp.where(ok, 0, first_step + i + 1).astype(bad.dtype)
-      return state, steps_run + ok.astype(steps_run.dtype), bad, buffer
-
-    def skipping(i, carry, active):  # CPU: a branch costs nothing, so inactive steps are skipped
-      return jax.lax.cond(active, run_step, lambda i, carry: carry, i, carry)
-
-    def masking(i, carry, active):
-      # Accelerators: no branch (XLA:GPU copies a conditional's predicate to the host, a
-      # wait per step); an inactive step is computed and its results dropped, in the same
-      # select that keeps the state of a non-finite step.
+    def run_step(i, carry, active=True):
+      """Step i, kept where `active` and finite; an active non-finite step leaves the state as
+      it was and is named by `bad`; an inactive one leaves the carry unchanged."""
       state, steps_run, bad, buffer = carry
       new_state, metrics = update(state, *batch(i), key_of(i))
       ok = metrics.finite > 0
@@ -207,6 +193,15 @@ def make_train_chunk(graphdef: Any, loss_fn: LossFn, builder: Callable):
                             metrics)
       bad = jnp.where(active & ~ok, first_step + i + 1, bad).astype(bad.dtype)
       return state, steps_run + apply.astype(steps_run.dtype), bad, buffer
+
+    def skipping(i, carry, active):  # CPU: a branch costs nothing, so inactive steps are skipped
+      return jax.lax.cond(active, run_step, lambda i, carry: carry, i, carry)
+
+    def masking(i, carry, active):
+      # Accelerators: no branch (XLA:GPU copies a conditional's predicate to the host, a wait
+      # per step); an inactive step is computed and its results dropped, in the same select
+      # that keeps the state of a non-finite step.
+      return run_step(i, carry, active)
 
     def body(i, carry):
       active = (i < num_steps) & (carry[2] == 0)  # within num_steps, no non-finite step yet
