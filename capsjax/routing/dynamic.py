@@ -1,5 +1,6 @@
 """Dynamic routing by agreement (Sabour, Frosst & Hinton 2017, Procedure 1, Eqs. 2-3)."""
 
+import functools
 from typing import Any
 
 import jax
@@ -50,6 +51,9 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
     ValueError: u_hat not of rank 3, or num_iters not an integer >= 1.
   """
   check_votes(u_hat, num_iters)
+  if not (stop_gradient or leaky) and bias is None:
+    v, c = _procedure1(u_hat, num_iters)
+    return RoutingResult(v=v, c=c)
   b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
   for it in range(num_iters):
     c = _couplings(b, leaky)
@@ -59,6 +63,60 @@ def dynamic_routing(u_hat: jnp.ndarray, num_iters: int = 3, *, stop_gradient: bo
       agreement = jnp.einsum("ijd,jd->ij", u_hat, v)
       b = b + (jax.lax.stop_gradient(agreement) if stop_gradient else agreement)
   return RoutingResult(v=v, c=c)
+
+
+def _iterations(u_hat: jnp.ndarray, num_iters: int):
+  """Procedure 1's forward pass, keeping each iteration's couplings c_t, s_t and v_t."""
+  b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
+  cs, ss, vs = [], [], []
+  for it in range(num_iters):
+    c = _couplings(b, leaky=False)
+    s = weighted_sum(c, u_hat)
+    v = squash(s)
+    cs.append(c), ss.append(s), vs.append(v)
+    if it < num_iters - 1:
+      b = b + jnp.einsum("ijd,jd->ij", u_hat, v)
+  return cs, ss, vs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _procedure1(u_hat: jnp.ndarray, num_iters: int):
+  """(v, c) of Procedure 1 (no bias, leak or stopped gradient), with a hand-written backward
+  pass: autodiff's keeps and re-reads votes-sized intermediates of every iteration, this one
+  forms the votes' gradient in one sum of outer products (docs/results.md)."""
+  cs, _, vs = _iterations(u_hat, num_iters)
+  return vs[-1], cs[-1]
+
+
+def _procedure1_fwd(u_hat, num_iters):
+  cs, ss, vs = _iterations(u_hat, num_iters)
+  return (vs[-1], cs[-1]), (u_hat, cs, ss, vs)
+
+
+def _procedure1_bwd(num_iters, residuals, cotangents):
+  # Reverse of: c_t = softmax_j(b_t); s_t = sum_i c_t u; v_t = squash(s_t);
+  # b_{t+1} = b_t + sum_d u v_t. g_b: the gradient reaching b_{t+1} from later iterations.
+  u_hat, cs, ss, vs = residuals
+  g_v, g_c = cotangents
+  g_b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
+  terms = []  # (a [N_in, N_out], x [N_out, D]) pairs: du_hat = sum of a[:, :, None] * x[None]
+  for t in reversed(range(num_iters)):
+    if t == num_iters - 1:
+      gv, gc = g_v, g_c
+    else:  # v_t reached the loss only through the agreement in b_{t+1}
+      gv, gc = jnp.einsum("ij,ijd->jd", g_b, u_hat), jnp.zeros_like(g_b)
+      terms.append((g_b, vs[t]))
+    gs = jax.vjp(squash, ss[t])[1](gv)[0]
+    gc = gc + jnp.einsum("jd,ijd->ij", gs, u_hat)
+    terms.append((cs[t], gs))
+    c = cs[t]
+    g_b = g_b + c * (gc - jnp.sum(c * gc, axis=-1, keepdims=True))  # softmax's VJP; b_t -> b_{t+1}
+  a = jnp.stack([a for a, _ in terms], axis=-1)  # [N_in, N_out, T]
+  x = jnp.stack([x for _, x in terms], axis=-1)  # [N_out, D, T]
+  return (jnp.einsum("ijt,jdt->ijd", a, x),)
+
+
+_procedure1.defvjp(_procedure1_fwd, _procedure1_bwd)
 
 
 def check_vote_chunking(routing: str, vote_chunk_size: int | None) -> None:
