@@ -79,7 +79,9 @@ def _iterations(u_hat: jnp.ndarray, num_iters: int):
     c = _couplings(b, leaky=False)
     s = weighted_sum(c, u_hat)
     v = squash(s)
-    cs.append(c), ss.append(s), vs.append(v)
+    cs.append(c)
+    ss.append(s)
+    vs.append(v)
     if it < num_iters - 1:
       b = b + jnp.einsum("ijd,jd->ij", u_hat, v)
   return cs, ss, vs
@@ -87,9 +89,10 @@ def _iterations(u_hat: jnp.ndarray, num_iters: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _procedure1(u_hat: jnp.ndarray, num_iters: int):
-  """(v, c) of Procedure 1 (no bias, leak or stopped gradient), with a hand-written backward
-  pass: autodiff's keeps and re-reads votes-sized intermediates of every iteration, this one
-  forms the votes' gradient in one sum of outer products (docs/results.md)."""
+  """(v, c) of Procedure 1 (no bias, leak or stopped gradient) with a hand-written backward
+  pass: from autodiff's pieces of the iterations XLA:CPU built the votes' gradient in a slow
+  fusion that also transposed it; this one forms it in one sum of outer products
+  (docs/results.md, "Where a step's time goes")."""
   cs, _, vs = _iterations(u_hat, num_iters)
   return vs[-1], cs[-1]
 
@@ -100,8 +103,8 @@ def _procedure1_fwd(u_hat, num_iters):
 
 
 def _procedure1_bwd(num_iters, residuals, cotangents):
-  # Reverse of: c_t = softmax_j(b_t); s_t = sum_i c_t u; v_t = squash(s_t);
-  # b_{t+1} = b_t + sum_d u v_t. g_b: the gradient reaching b_{t+1} from later iterations.
+  # Reverse of: c_t = softmax_j(b_t) (Eq. 3); s_t = sum_i c_t u (Eq. 2); v_t = squash(s_t)
+  # (Eq. 1); b_{t+1} = b_t + sum_d u v_t. g_b: the gradient reaching b_{t+1} from later on.
   u_hat, cs, ss, vs = residuals
   g_v, g_c = cotangents
   g_b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
