@@ -53,7 +53,7 @@ PRECISIONS = ("fp32", "bf16")
 _CALLBACK_TARGETS = ("callback",)  # xla_python_cpu_callback, xla_ffi_python_gpu_callback, ...
 
 
-def _programs(config, platform: str, eval_batch: int):
+def _programs(config, eval_batch: int):
   """{name: (jitted program, argument shapes)} of the loop's training chunk and eval step."""
   split = data.Split(np.zeros((1, *IMAGE), np.uint8), np.zeros((1,), np.int32), 10)
   dataset = datasets.get(config.dataset)
@@ -166,7 +166,7 @@ def export_programs(config_name: str = "paper", platform: str = "cuda",
       steps.default_eval_batch_size("cpu")
   for precision in precisions:
     config = dataclasses.replace(presets.get(config_name), precision=precision)
-    for name, (program, args) in _programs(config, platform, eval_batch).items():
+    for name, (program, args) in _programs(config, eval_batch).items():
       try:
         exported = export.export(program, platforms=[platform])(*args)
       except NotImplementedError as e:  # jax.export refuses programs with host callbacks
@@ -182,7 +182,7 @@ def memory_footprint(config_name: str = "paper", batch_sizes=(128, 512)) -> dict
   out = {}
   for b in batch_sizes:
     config = dataclasses.replace(presets.get(config_name), batch_size=b)
-    program, args = _programs(config, "cpu", steps.default_eval_batch_size("cpu"))["train_chunk"]
+    program, args = _programs(config, steps.default_eval_batch_size("cpu"))["train_chunk"]
     m = program.lower(*args).compile().memory_analysis()
     out[str(b)] = {"argument_mb": m.argument_size_in_bytes / 1e6,
                    "output_mb": m.output_size_in_bytes / 1e6,
