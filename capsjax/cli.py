@@ -27,7 +27,7 @@ from pathlib import Path
 from capsjax import __version__
 from capsjax import routing as routing_lib
 from capsjax.core.errors import one_line as _one_line
-from capsjax.data import datasets, pipeline, storage
+from capsjax.data import augment, datasets, pipeline, storage
 from capsjax.infra.runtime import tune_host_allocator
 from capsjax.train import archs, presets
 from capsjax.viz import VIZ_EXAMPLES
@@ -67,7 +67,12 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--dataset", default=None,
                  help=f"one of {', '.join(datasets.available('train'))} (default: the preset's)")
   t.add_argument("--arch", default=None,
-                 help="the network: capsnet (default) or baseline (the paper's CNN, §5)")
+                 help=f"the network: one of {', '.join(archs.available())} (default: the "
+                      "preset's; capsnet: the paper's, baseline: its CNN, §5, "
+                      "efficient_capsnet: Mazzia et al. 2021)")
+  t.add_argument("--augmentation", default=None, metavar="NAME",
+                 help=f"training augmentation of MNIST-like sets: one of "
+                      f"{', '.join(augment.available())} (default: the preset's)")
   t.add_argument("--epochs", type=int, default=None)
   t.add_argument("--max-steps", type=int, default=None)
   t.add_argument("--batch-size", type=int, default=None)
@@ -200,7 +205,8 @@ def _train(args) -> dict:
                          auto=args.distributed,
                          timeout_s=(distributed.DEFAULT_TIMEOUT_S if args.coordinator_timeout
                                     is None else args.coordinator_timeout))
-  overrides = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs,
+  overrides = {"dataset": args.dataset, "arch": args.arch, "augmentation": args.augmentation,
+               "epochs": args.epochs,
                "max_steps": args.max_steps, "batch_size": args.batch_size,
                "routing": args.routing, "routing_iters": args.routing_iters,
                "vote_chunk_size": args.vote_chunk_size, "seed": args.seed,

@@ -1,4 +1,5 @@
-"""Capsule non-linearity (Eq. 1) and a capsule length with a finite gradient at zero."""
+"""Capsule non-linearities (Eq. 1 of Sabour et al. 2017; Efficient-CapsNet's exponential squash)
+and a capsule length with a finite gradient at zero."""
 
 import jax.numpy as jnp
 
@@ -37,3 +38,21 @@ def safe_length(v: jnp.ndarray, axis: int = -1, eps: float = DEFAULT_EPS) -> jnp
     [...] lengths (the `axis` dimension removed), >= sqrt(eps).
   """
   return jnp.sqrt(jnp.sum(jnp.square(v), axis=axis) + eps)
+
+
+def squash_exp(s: jnp.ndarray, eps: float = DEFAULT_EPS) -> jnp.ndarray:
+  """Efficient-CapsNet's squash (Mazzia, Salvetti & Chiaberge 2021): v = (1 - e^-|s|) s / |s|; |v| < 1.
+
+  The official code (EscVM/Efficient-CapsNet, utils/layers.py, `Squash`) computes
+  (1 - 1 / (e^|s| + 1e-20)) s / (|s| + 1e-20); here |s| = sqrt(|s|^2 + eps) (`safe_length`), so
+  the gradient at s = 0 is finite.
+
+  Args:
+    s: [..., D] capsule input; the last axis is the capsule dimension.
+    eps: small positive constant inside the square root.
+
+  Returns:
+    v with the same shape as s.
+  """
+  norm = safe_length(s, eps=eps)[..., None]
+  return -jnp.expm1(-norm) * s / norm

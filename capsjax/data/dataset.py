@@ -54,6 +54,7 @@ class Dataset(NamedTuple):
   builder: Callable[[Any, str, storage.Split], ExampleBuilder]
   loss: Callable[[Any, Any], LossFn]
   host_batches: bool = True
+  uses_augmentation: bool = False
 
 
 def gather(transform: Callable | None = None) -> ExampleBuilder:

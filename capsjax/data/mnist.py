@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST as stored in a TFDS data_dir, with the paper's random shift (§5)."""
+"""MNIST and Fashion-MNIST as stored in a TFDS data_dir, trained with the run's augmentation
+(`TrainConfig.augmentation`: the paper's random shift, §5, by default)."""
 
 from capsjax.data import augment, storage
 from capsjax.data.dataset import Dataset, gather
@@ -20,11 +21,12 @@ load_mnist = tfds_loader("mnist")
 
 
 def builder(config, split: str, stored: storage.Split):
-  """The `Dataset.builder` of MNIST and Fashion-MNIST: training rows shifted by up to
-  `config.max_shift` px in each direction (zero fill, the paper's augmentation, §5); test: the
-  rows unchanged. `stored` is not needed."""
+  """The `Dataset.builder` of MNIST and Fashion-MNIST: training rows through the run's
+  augmentation (`augment.training_transform`; by default shifted by up to `config.max_shift` px
+  in each direction, zero fill, the paper's §5); test: the rows unchanged. `stored` is not
+  needed."""
   del stored
-  return gather(augment.shift_transform(config.max_shift) if split == "train" else None)
+  return gather(augment.training_transform(config) if split == "train" else None)
 
 
 def loss(arch, config):
@@ -37,9 +39,10 @@ def _size(split: str, stored: storage.Split) -> int:
   return len(stored)
 
 
-MNIST = Dataset(name="mnist", description="MNIST, 28x28 (TFDS mnist), shifted by up to "
-                "max_shift px when training", splits=("train", "test"), load=load_mnist,
-                size=_size, builder=builder, loss=loss)
+MNIST = Dataset(name="mnist", description="MNIST, 28x28 (TFDS mnist), augmented when training "
+                "(default: shifted by up to max_shift px)", splits=("train", "test"),
+                load=load_mnist, size=_size, builder=builder, loss=loss, uses_augmentation=True)
 FASHION_MNIST = Dataset(name="fashion_mnist", description="Fashion-MNIST, 28x28 (TFDS "
-                        "fashion_mnist), shifted like MNIST", splits=("train", "test"),
-                        load=tfds_loader("fashion_mnist"), size=_size, builder=builder, loss=loss)
+                        "fashion_mnist), augmented like MNIST", splits=("train", "test"),
+                        load=tfds_loader("fashion_mnist"), size=_size, builder=builder, loss=loss,
+                        uses_augmentation=True)

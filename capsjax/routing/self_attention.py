@@ -10,18 +10,9 @@ B [N_in, N_out] (zeros at init); v_j = squash_exp(s_j), the paper's squash (1 - 
 import jax
 import jax.numpy as jnp
 
-from capsjax.core.squash import safe_length
+from capsjax.core.squash import squash_exp
 from capsjax.routing.base import RoutingResult, check_votes, weighted_sum
 from capsjax.routing.registry import register
-
-
-def squash_exp(s: jnp.ndarray, eps: float = 1e-7) -> jnp.ndarray:
-  """Efficient-CapsNet's squash: (1 - exp(-|s|)) s / |s| over the last axis; |v| < 1.
-
-  [..., D] -> [..., D]; |s| is computed as sqrt(|s|^2 + eps) so the gradient at s = 0 is finite.
-  """
-  norm = safe_length(s, eps=eps)[..., None]
-  return -jnp.expm1(-norm) * s / norm
 
 
 def _log_prior(key: jax.Array, num_in: int, num_out: int, dim: int) -> dict[str, jnp.ndarray]:

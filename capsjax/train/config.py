@@ -8,7 +8,7 @@ from typing import Any
 
 from capsjax import routing as routing_lib
 from capsjax.core.kinds import kind_name, same_kind
-from capsjax.data import datasets
+from capsjax.data import augment, datasets
 from capsjax.data.pipeline import PIPELINES
 from capsjax.train import archs
 
@@ -34,6 +34,8 @@ class TrainConfig:
     decay_staircase: round the exponent down (False: continuous, as the official code).
     min_learning_rate: floor of the learning rate (the official code: 1e-6).
     max_shift: random shift augmentation, pixels along each axis (§5; 0: none).
+    augmentation: the training augmentation of MNIST-like sets, a name from
+      `capsjax.data.augment.available()` ("shift": max_shift above; "efficient_capsnet").
     recon_weight: weight of the summed squared reconstruction error (0.0005, §4.1).
     routing: a rule name from `capsjax.routing.available()`, or MODULE:NAME (a plugin).
     routing_iters: routing iterations r.
@@ -68,6 +70,8 @@ class TrainConfig:
   decay_staircase: bool = True
   min_learning_rate: float = 0.0
   max_shift: int = 2  # random shift augmentation, pixels
+  # The training augmentation of MNIST and Fashion-MNIST: capsjax.data.augment.available().
+  augmentation: str = "shift"
   recon_weight: float = 0.0005
   routing: str = "dynamic"  # a name from capsjax.routing.available(), or MODULE:NAME (a plugin)
   routing_iters: int = 3
@@ -149,7 +153,11 @@ class TrainConfig:
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
     archs.get(self.arch)
-    datasets.get(self.dataset, "train")
+    dataset = datasets.get(self.dataset, "train")
+    augment.check(self.augmentation)
+    if self.augmentation != augment.DEFAULT and not dataset.uses_augmentation:
+      raise ValueError(f"dataset {self.dataset!r} builds its own training examples and takes no "
+                       f"augmentation setting; got augmentation {self.augmentation!r}.")
     _check_arch_settings(self)
     _check_model_settings(self.model, self.arch)
     if not isinstance(self.plugins, (list, tuple)):
@@ -185,7 +193,11 @@ def _check_arch_settings(config: TrainConfig) -> None:
   """Raises ValueError for a setting of another network (e.g. routing for the baseline) that is
   not at its default: it would be silently ignored."""
   defaults = TrainConfig()
-  own = archs.get(config.arch).config_keys
+  arch = archs.get(config.arch)
+  if config.vote_chunk_size is not None and not archs.takes(config.arch, "vote_chunk_size"):
+    raise ValueError(f"vote_chunk_size is a setting of arch 'capsnet'; arch {config.arch!r} "
+                     f"has no chunked votes (got {config.vote_chunk_size}).")
+  own = arch.config_keys
   for other in archs.available():
     for key in archs.get(other).config_keys:
       if key not in own and getattr(config, key) != getattr(defaults, key):

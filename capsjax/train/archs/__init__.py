@@ -1,5 +1,6 @@
-"""The networks the training loop can train, by name: `capsnet` (the paper's CapsNet, default)
-and `baseline` (the paper's baseline CNN, §5). See `arch.Arch` for what each provides."""
+"""The networks the training loop can train, by name: `capsnet` (the paper's CapsNet, default),
+`baseline` (the paper's baseline CNN, §5) and `efficient_capsnet` (Mazzia et al. 2021). See
+`arch.Arch` for what each provides."""
 
 import inspect
 from typing import Any
@@ -8,9 +9,10 @@ from capsjax.nn.objective import LossFn, Losses, Outputs, PRECISIONS, compute_dt
 from capsjax.train.archs.arch import Arch
 from capsjax.train.archs.baseline import ARCH as _BASELINE
 from capsjax.train.archs.capsnet import ARCH as _CAPSNET
+from capsjax.train.archs.efficient_capsnet import ARCH as _EFFICIENT
 
 DEFAULT = "capsnet"
-_ARCHS = {a.name: a for a in (_CAPSNET, _BASELINE)}
+_ARCHS = {a.name: a for a in (_CAPSNET, _BASELINE, _EFFICIENT)}
 
 # Constructor arguments set by the data (input_shape, num_classes) or by the loop.
 _NOT_OPTIONS = ("self", "rngs", "input_shape", "num_classes", "vote_chunk_size", "dtype")
@@ -37,6 +39,11 @@ def of_settings(settings: dict[str, Any]) -> Arch:
   return get(settings.get("arch", DEFAULT))
 
 
+def takes(name: str, argument: str) -> bool:
+  """Whether the network `name`'s constructor takes keyword `argument` (e.g. vote_chunk_size)."""
+  return argument in inspect.signature(get(name).model_class.__init__).parameters
+
+
 def model_options(name: str = DEFAULT) -> dict[str, Any]:
   """{option: default} of the constructor arguments that `TrainConfig.model` may set."""
   arch = get(name)
@@ -46,4 +53,4 @@ def model_options(name: str = DEFAULT) -> dict[str, Any]:
 
 
 __all__ = ["Arch", "DEFAULT", "LossFn", "Losses", "Outputs", "PRECISIONS", "available",
-           "compute_dtype", "get", "model_options", "of_settings"]
+           "compute_dtype", "get", "model_options", "of_settings", "takes"]
