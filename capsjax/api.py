@@ -7,6 +7,9 @@
     model.predict(["digit.png", "photo.jpg"])      # pictures, converted as `capsjax predict` does
 
     capsjax.fit("quick", "runs/notebook", data_dir="../shared/tensorflow_datasets", max_steps=200)
+
+    model = capsjax.load_pretrained("efficient_mnist")  # shipped with capsjax, no training
+    model.predict(["my_digit.png"]).classes
 """
 
 import dataclasses
@@ -19,6 +22,7 @@ from flax import nnx
 from PIL import Image
 
 from capsjax import images as images_lib
+from capsjax.infra import pretrained as pretrained_lib
 from capsjax.data import storage
 from capsjax.nn.objective import Outputs
 from capsjax.train import archs, loop, model_state, presets, steps
@@ -80,7 +84,11 @@ class TrainedModel:
     batch_size: images per compiled batch.
     input_shape: (H, W, C) the network takes.
     num_classes: K.
+    record: a pretrained model's record (`capsjax.pretrained.read`: accuracy, date, source);
+      None for a model loaded from a workdir.
   """
+
+  record: dict[str, Any] | None = None
 
   def __init__(self, graphdef, state, meta: dict[str, Any], batch_size: int = 100):
     self.graphdef, self.state = graphdef, state
@@ -230,6 +238,40 @@ def load(workdir: str | os.PathLike, step: int | None = None, *,
   """
   graphdef, state, meta = model_state.load_for_eval(workdir, step, report=lambda _: None)
   return TrainedModel(graphdef, state, meta, batch_size=batch_size)
+
+
+def load_pretrained(name: str, *, batch_size: int = 100,
+                    directory: str | os.PathLike | None = None) -> TrainedModel:
+  """A pretrained network shipped with capsjax (`capsjax.pretrained.available()`), ready to
+  `predict`; nothing is trained or downloaded.
+
+  `efficient_mnist`: Efficient-CapsNet (Mazzia et al. 2021) trained on MNIST with the
+  `efficient_mnist_cpu` preset, shipped without its decoder (the classifier's 161,824
+  parameters and its batch-norm statistics), so its predictions have no reconstructions. Its
+  record (`TrainedModel.record`: accuracy on the MNIST test set, date, machine, how it was made)
+  is also in docs/results.md.
+
+  Args:
+    name: a shipped model's name.
+    batch_size: images per compiled batch of `TrainedModel.outputs` / `predict`.
+    directory: read NAME.json and NAME.npz from here instead (None: the shipped ones;
+      `experiments/export_pretrained.py` writes such files).
+
+  Raises:
+    ValueError: (one line) an unknown name (the shipped ones are listed) or unreadable files.
+  """
+  record, arrays = pretrained_lib.read(
+      name, pretrained_lib.DIRECTORY if directory is None else directory)
+  config = model_state.config_from_saved(record["config"], report=lambda _: None)
+  graphdef, state = nnx.split(model_state.create_model(record["model"], config))
+  state, missing = pretrained_lib.fill(state, arrays, name)
+  if missing:
+    raise ValueError(f"pretrained model {name!r} lacks {', '.join(missing[:3])}; reinstall "
+                     "capsjax.")
+  model = TrainedModel(graphdef, state, {"step": record["step"], "config": record["config"],
+                                         "model": record["model"]}, batch_size=batch_size)
+  model.record = record
+  return model
 
 
 def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,

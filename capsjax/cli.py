@@ -113,6 +113,9 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--coordinator-timeout", type=float, default=None, metavar="SECONDS",
                  help="how long to wait for the coordinator and the other processes "
                       "(default 300)")
+  t.add_argument("--pretrained", default=None, metavar="NAME",
+                 help="start from the weights of a network shipped with capsjax (e.g. "
+                      "efficient_mnist, with --config efficient_mnist_cpu); recorded")
   t.add_argument("--precision", choices=list(archs.PRECISIONS), default=None,
                  help="bf16: convolutions, votes and decoder matmuls in bfloat16, the rest "
                       "float32 (default fp32)")
@@ -150,7 +153,11 @@ def _build_parser() -> argparse.ArgumentParser:
   r.add_argument("--json", action="store_true", help="one JSON object instead of a table")
   p = sub.add_parser("predict", help="classify image files (digits, photos or scans of digits) "
                      "with a trained model", parents=[common])
-  p.add_argument("--workdir", required=True)
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="a training run's workdir")
+  source.add_argument("--pretrained", metavar="NAME",
+                      help="a network shipped with capsjax, no training needed: "
+                           "efficient_mnist (Efficient-CapsNet on MNIST, no decoder)")
   p.add_argument("files", nargs="+", metavar="FILE",
                  help="PNG, JPEG, ... image files; each is made MNIST-like (background from the "
                       "border, light ink on black, contrast stretched, 20x20 box centred by "
@@ -214,7 +221,7 @@ def _train(args) -> dict:
                "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints, "pipeline": args.pipeline,
                "steps_per_dispatch": args.steps_per_dispatch, "precision": args.precision,
-               "devices": args.devices}
+               "devices": args.devices, "pretrained": args.pretrained}
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if args.model:
     overrides["model"] = {**config.model, **_key_values(args.model, "--model", "digit_dim=8")}
@@ -300,7 +307,11 @@ def _predict(args) -> int:
   from capsjax import api, images
   from capsjax.nn.inputs import to_float
 
-  model = api.load(args.workdir, args.step)
+  if args.pretrained is not None and args.step is not None:
+    raise ValueError("--step reads a workdir's checkpoint; a --pretrained model has one.")
+  model = (api.load_pretrained(args.pretrained) if args.pretrained is not None
+           else api.load(args.workdir, args.step))
+  source = args.workdir if args.pretrained is None else f"pretrained {args.pretrained}"
   out_dir = None
   if args.reconstruct:
     out_dir = Path(args.reconstruct)
@@ -308,8 +319,8 @@ def _predict(args) -> int:
       raise ValueError(f"--reconstruct {str(out_dir)!r} exists and is not a directory.")
     out_dir.mkdir(parents=True, exist_ok=True)
     if model.predict(np.zeros(model.input_shape, np.uint8)).reconstructions is None:
-      raise ValueError(f"--reconstruct: the network of {args.workdir!r} (arch "
-                       f"{model.arch.name!r}) has no decoder, so there is nothing to reconstruct.")
+      raise ValueError(f"--reconstruct: the network of {source!r} (arch {model.arch.name!r}) "
+                       "has no decoder, so there is nothing to reconstruct.")
   failed, stems = 0, set()
 
   def classify(batch: list) -> None:  # [(name, image, done)], one compiled batch at most

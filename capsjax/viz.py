@@ -69,6 +69,16 @@ def primary_grid(model) -> tuple[int, int, int] | None:
   return None if grid is None else tuple(grid)
 
 
+def _routing_phrase(config) -> str:
+  """"dynamic, 3 iterations, last iteration's couplings" or "self_attention, one pass"."""
+  from capsjax import routing as routing_lib
+
+  rule, iters = config.routing, config.routing_iters
+  if rule in routing_lib.available() and not routing_lib.info(rule).iterative:
+    return f"{rule}, one pass"
+  return f"{rule}, {iters} iteration{'s' if iters != 1 else ''}, last iteration's couplings"
+
+
 def coupling_by_type(couplings: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
   """Couplings [B, OH*OW*types, K] summed over images and positions -> [types, K]."""
   oh, ow, types = grid
@@ -683,8 +693,8 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
     raise ValueError(f"--digit must be a class in 0..{k - 1}, got {digit}.")
   traits = run_traits(model)
   has_capsules = traits.has_capsules
-  capsule_dim = (int(model.settings.get("digit_dim", archs.model_options()["digit_dim"]))
-                 if has_capsules else None)
+  default_dim = archs.model_options(model.arch.name).get("digit_dim")
+  capsule_dim = int(model.settings.get("digit_dim", default_dim)) if has_capsules else None
   if dims is not None and has_capsules and not 1 <= dims <= capsule_dim:
     raise ValueError(f"--dims must be between 1 and {capsule_dim} (the checkpoint's class "
                      f"capsules have {capsule_dim} dimensions), got {dims}.")
@@ -786,8 +796,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       cls = int(np.argmax(one.scores[0]))
       draw_routing(images[image], coupling_map(one.couplings[0], grid, cls), cls,
                    int(labels[image]), result.type_coupling, path,
-                   f"{name}: routing ({model.config.routing}, {model.config.routing_iters} "
-                   "iterations), last iteration's couplings")
+                   f"{name}: routing ({_routing_phrase(model.config)})")
     elif fig == "confusion":
       draw_confusion(confusion_matrix(result.labels, result.predictions, k), path,
                      f"{name}: confusion matrix")

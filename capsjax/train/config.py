@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+from capsjax.infra import pretrained
 from capsjax import routing as routing_lib
 from capsjax.core.kinds import kind_name, same_kind
 from capsjax.data import augment, datasets
@@ -55,6 +56,9 @@ class TrainConfig:
     steps_per_dispatch: training steps per compiled chunk; None: log_every.
     precision: "fp32" or "bf16" (mixed precision, `capsjax.nn.objective.PRECISIONS`).
     devices: data parallelism over this many local devices; None: all.
+    pretrained: start from the weights of this shipped pretrained network
+      (`capsjax.pretrained.available()`) instead of a fresh initialisation; the run's network
+      must be the same (a decoder it was shipped without starts fresh). None: a fresh network.
   """
 
   dataset: str = "mnist"
@@ -108,6 +112,8 @@ class TrainConfig:
   precision: str = "fp32"
   # Data parallelism over this many local devices (None: all); the batch must split evenly.
   devices: int | None = None
+  # Start from a shipped pretrained network's weights (capsjax.pretrained.available()); None: fresh.
+  pretrained: str | None = None
 
   def __post_init__(self):
     if isinstance(self.routing, str) and ":" in self.routing:
@@ -155,6 +161,8 @@ class TrainConfig:
     archs.get(self.arch)
     dataset = datasets.get(self.dataset, "train")
     augment.check(self.augmentation)
+    if self.pretrained is not None:
+      pretrained.check(self.pretrained)
     if self.augmentation != augment.DEFAULT and not dataset.uses_augmentation:
       raise ValueError(f"dataset {self.dataset!r} builds its own training examples and takes no "
                        f"augmentation setting; got augmentation {self.augmentation!r}.")

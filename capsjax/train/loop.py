@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from capsjax.core import streams
@@ -92,6 +93,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   # Everything decidable from the config and the data is decided before the workdir is touched
   # (a batch larger than the training set, more test examples than the set has).
   splits = _load_splits(dataset, config, data_dir)
+  if config.pretrained is not None:  # a shipped network of another kind: refused here too
+    model_state.check_pretrained(_settings(config, dataset, splits.train), config.pretrained)
   workdir = prepare_workdir(workdir)
   # Process 0 owns the workdir (the lock, metrics, config.json); the others of a multi-process
   # run only take part in the checkpoints' collective writes and reads.
@@ -150,7 +153,7 @@ def _train_locked(run: _Run) -> dict[str, Any]:
       contextlib.closing(board) if board else contextlib.nullcontext()):
     for name in ckpt.removed_incomplete:
       say(f"Removed {name}: an incomplete checkpoint left by an interrupted save.")
-    state, start_step, config = _restore_or_start(run, ckpt, state, settings, say)
+    state, start_step, config = _restore_or_start(run, ckpt, graphdef, state, settings, say)
     run = run._replace(config=config)
     total_steps = config.total_steps(run.splits.train_size)
     _record_run(run, settings, total_steps, ckpt)
@@ -167,22 +170,33 @@ def _train_locked(run: _Run) -> dict[str, Any]:
 def _setup(run: _Run):
   """(settings, graphdef, state): the network's recorded settings for the run's data and a
   fresh (model, optimizer) state from the "init" stream, replicated on the mesh's devices."""
-  config, split = run.config, run.splits.train
-  # The input shape does not depend on the seed (a resumed run may keep another one).
-  shape = input_shape(run.dataset.builder(config, "train", split), split)
-  settings = model_state.model_settings(config, split, shape)
-  graphdef, state = model_state.create_state(settings, config)
+  settings = _settings(run.config, run.dataset, run.splits.train)
+  graphdef, state = model_state.create_state(settings, run.config)
   return settings, graphdef, parallel.put(state, parallel.replicated(run.mesh))
 
 
-def _restore_or_start(run: _Run, ckpt: Checkpointer, state, settings: dict[str, Any], say):
+def _settings(config: TrainConfig, dataset: Dataset, split: storage.Split) -> dict[str, Any]:
+  """The network's recorded settings for the run's data (`model_state.model_settings`)."""
+  # The input shape does not depend on the seed (a resumed run may keep another one).
+  shape = input_shape(dataset.builder(config, "train", split), split)
+  return model_state.model_settings(config, split, shape)
+
+
+def _restore_or_start(run: _Run, ckpt: Checkpointer, graphdef, state, settings: dict[str, Any],
+                      say):
   """(state, start step, config): from the newest good checkpoint of the same model, whose
-  seed the run keeps (its data order and keys follow it); else the fresh state at step 0."""
+  seed the run keeps (its data order and keys follow it); else the fresh state at step 0, its
+  model filled from `config.pretrained` when set (`model_state.start_from`)."""
   config = run.config
   restored = ckpt.restore_newest_good(
       state, lambda meta: model_state.check_resumable(meta.get("model", {}), settings,
                                                       run.workdir), say)
   if restored is None:
+    if config.pretrained is not None:
+      model, optimizer = nnx.merge(graphdef, state)
+      model_state.start_from(model, settings, config.pretrained)
+      state = parallel.put(nnx.state((model, optimizer)), parallel.replicated(run.mesh))
+      say(f"Starting from pretrained model {config.pretrained!r}.")
     return state, 0, config
   state, saved = restored
   start_step = int(saved["step"])

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from flax import nnx
 
+from capsjax.infra import pretrained
 from capsjax import routing as routing_lib
 from capsjax.core import streams
 from capsjax.core.kinds import kind_name, same_kind
@@ -82,11 +84,42 @@ def schedule_args(config: TrainConfig) -> tuple:
 
 
 def create_state(settings: dict[str, Any], config: TrainConfig):
-  """(graphdef, state) of a fresh (model, nnx.Optimizer) pair seeded by config.seed."""
+  """(graphdef, state) of a fresh (model, nnx.Optimizer) pair seeded by config.seed (the
+  training loop then fills a fresh run's model from `config.pretrained`, `start_from`)."""
   model = create_model(settings, config)
   tx = steps.make_optimizer(*schedule_args(config))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   return nnx.split((model, optimizer))
+
+
+def check_pretrained(settings: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+  """The arrays of shipped pretrained network `name` (`capsjax.infra.pretrained`), checked to
+  be of the network that `settings` describe (whether it has a decoder does not count).
+
+  Raises:
+    ValueError: (one line) an unknown name, or another network (each difference named).
+  """
+  record, arrays = pretrained.read(name)
+  shipped = {k: v for k, v in record["model"].items() if k != "reconstruction"}
+  mine = {k: v for k, v in settings.items() if k != "reconstruction"}
+  diffs = model_mismatches(shipped, mine)
+  if diffs:
+    raise ValueError(f"pretrained model {name!r} is another network than this run's "
+                     f"({'; '.join(diffs)}); train from it with --config "
+                     f"{record.get('preset', 'the preset it was trained with')}.")
+  return arrays
+
+
+def start_from(model: nnx.Module, settings: dict[str, Any], name: str) -> None:
+  """Sets `model`'s variables to those of shipped pretrained network `name`
+  (`capsjax.infra.pretrained`); the ones it was shipped without (a decoder) keep their
+  initialisation.
+
+  Raises:
+    ValueError: (one line) as `check_pretrained`.
+  """
+  state, _ = pretrained.fill(nnx.state(model), check_pretrained(settings, name), name)
+  nnx.update(model, state)
 
 
 def setting_default(key: str, arch: str = archs.DEFAULT) -> Any:

@@ -212,7 +212,7 @@ def efficient_mnist() -> TrainConfig:
   (`LearningRateScheduler`, so a staircase of 3,750 steps), floored at 5e-5 (reached in epoch
   76); margin loss + 0.392 x the reconstruction's mean squared error (= 0.0005 x its sum over
   784 pixels); the rotation, shift, squish and erase augmentation
-  (`capsjax.data.augment.efficient_capsnet`). The test set is evaluated after every epoch, as
+  (`capsjax.data.augment.efficient_mnist`). The test set is evaluated after every epoch, as
   the official code validates on it; the official code also keeps the epoch with the best test
   accuracy (`ModelCheckpoint(save_best_only=True)`), which capsjax does not: its figure is the
   last epoch's.

@@ -7,13 +7,13 @@ the sets that take one (MNIST, Fashion-MNIST):
 
 - `shift`: the 2017 paper's random shift of up to `max_shift` px (§5; `shift.py`);
 - `efficient_capsnet`: the official Efficient-CapsNet MNIST pipeline (random rotation, shift
-  within the digit's margins, horizontal squish, erased 4x4 patch; `efficient_capsnet.py`);
+  within the digit's margins, horizontal squish, erased 4x4 patch; `efficient_mnist.py`);
 - `none`: the images unchanged.
 """
 
 from typing import Any, Callable
 
-from capsjax.data.augment import efficient_capsnet
+from capsjax.data.augment import efficient_mnist
 from capsjax.data.augment.shift import random_shift, random_shift_batch, shift_transform
 
 # name -> (one line for listings, make(config) -> Transform or None).
@@ -22,7 +22,7 @@ _AUGMENTATIONS: dict[str, tuple[str, Callable[[Any], Callable | None]]] = {
               lambda config: shift_transform(config.max_shift) if config.max_shift else None),
     "efficient_capsnet": ("rotation, shift within the margins, squish, erased patch "
                           "(official Efficient-CapsNet MNIST pipeline)",
-                          lambda config: efficient_capsnet.transform),
+                          lambda config: efficient_mnist.transform),
     "none": ("the images unchanged", lambda config: None),
 }
 DEFAULT = "shift"
