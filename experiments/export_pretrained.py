@@ -26,7 +26,6 @@ import numpy as np
 import capsjax
 from capsjax.infra import pretrained
 from capsjax.data import storage
-from capsjax.train import model_state
 
 ROOT = Path(__file__).resolve().parent.parent
 

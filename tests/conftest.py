@@ -1,6 +1,8 @@
 """Shared fixtures: the shipped TFDS data_dir, a tiny CapsNet for fast unit tests, and a runner
 for the real `capsjax` command in a subprocess."""
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -51,6 +53,18 @@ TINY_MODEL_ARGS = ["--model", "conv_channels=16", "--model", "primary_channels=4
 # installed by the tests' launcher (tests/faults.py).
 CLI = [sys.executable, "-m", "capsjax.cli"]
 FAULTY_CLI = [sys.executable, str(REPO / "tests" / "faults.py")]
+
+
+def records(workdir, split: str) -> list[dict]:
+  """The metrics.jsonl records of `workdir` of one split ("train" or "test"), in order."""
+  lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def assert_finite(record: dict) -> None:
+  """Asserts that a metrics record has numbers and every one of them is finite."""
+  values = [v for v in record.values() if isinstance(v, (int, float))]
+  assert values and all(math.isfinite(v) for v in values), record
 
 
 def run_cli(*args, env=None, timeout=600, program=CLI):

@@ -4,7 +4,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -17,20 +16,10 @@ from flax import nnx
 from capsjax import cli
 from capsjax.train import model_state, presets
 from capsjax.train import config as config_lib
-from conftest import TINY_MODEL_ARGS, run_cli as _run
+from conftest import TINY_MODEL_ARGS, assert_finite, records, run_cli as _run
 
 SMOKE = ["--batch-size", "8", "--train-examples", "512", "--test-examples", "64",
          "--no-progress"]
-
-
-def _records(workdir, split):
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return [r for r in map(json.loads, lines) if r["split"] == split]
-
-
-def _assert_finite(record):
-  values = [v for v in record.values() if isinstance(v, (int, float))]
-  assert values and all(math.isfinite(v) for v in values), record
 
 
 def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
@@ -50,11 +39,11 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   assert config_lib.TrainConfig(**stored["config"]) == expected
   assert stored["model"] == {"arch": "capsnet", "input_shape": [28, 28, 1], "num_classes": 10,
                              "routing": "dynamic", "routing_iters": 3, "routing_options": {}}
-  train_3, = _records(workdir, "train")
-  test_3, = _records(workdir, "test")
+  train_3, = records(workdir, "train")
+  test_3, = records(workdir, "test")
   assert train_3["step"] == test_3["step"] == 3 and test_3["test_examples"] == 64
   for record in (train_3, test_3):
-    _assert_finite(record)
+    assert_finite(record)
   assert train_3["loss"] == pytest.approx(train_3["margin_loss"]
                                           + 0.0005 * train_3["reconstruction_loss"], rel=1e-5)
   assert train_3["learning_rate"] == pytest.approx(1e-3) and train_3["images_per_sec"] > 0
@@ -69,10 +58,10 @@ def test_train_resume_and_eval_end_to_end(tmp_path, data_dir):
   assert "Resuming from checkpoint at step 3" in second.stdout
   assert json.loads(second.stdout.strip().splitlines()[-1])["step"] == 5
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "5"]
-  _, train_5 = _records(workdir, "train")
-  _, test_5 = _records(workdir, "test")
-  _assert_finite(train_5)
-  _assert_finite(test_5)
+  _, train_5 = records(workdir, "train")
+  _, test_5 = records(workdir, "test")
+  assert_finite(train_5)
+  assert_finite(test_5)
   # Two more steps of training lower the loss on the same 64 test images, and the train loss.
   assert test_5["test_loss"] < test_3["test_loss"] and train_5["loss"] < train_3["loss"]
 
@@ -205,7 +194,7 @@ def test_epochs_eval_every_routing_options_and_progress_bar(epoch_run):
   assert json.loads(out.strip().splitlines()[-1])["step"] == 3  # --epochs 1 = 24 // 8 steps
   assert "train mnist: 100%" in err and "3/3" in err and "eval: " in err  # tqdm bars (stderr)
   assert "step 2: test accuracy" in out  # --eval-every 2, printed above the bar
-  assert [r["step"] for r in _records(workdir, "test")] == [2, 3]
+  assert [r["step"] for r in records(workdir, "test")] == [2, 3]
   stored = json.loads((workdir / "config.json").read_text())
   assert stored["config"]["epochs"] == 1 and stored["config"]["max_steps"] is None
   assert stored["config"]["eval_every"] == 2
@@ -228,7 +217,7 @@ def test_vote_chunk_size_run_matches_the_plain_run(epoch_run, tmp_path, data_dir
   runs = {}
   for name, workdir in (("plain", plain_dir), ("chunked", tmp_path)):
     graphdef, state, _ = model_state.load_for_eval(workdir)
-    runs[name] = (_records(workdir, "test"), nnx.merge(graphdef, state), state)
+    runs[name] = (records(workdir, "test"), nnx.merge(graphdef, state), state)
   (plain_tests, plain_model, plain_state), (chunked_tests, chunked_model, chunked_state) = (
       runs["plain"], runs["chunked"])
   assert plain_model.digits.vote_chunk_size is None

@@ -3,7 +3,6 @@ shapes and bad input, the official MNIST augmentation in JAX, and the `capsjax` 
 the `efficient_mnist_cpu` preset (train, eval from the checkpoint, dynamic routing, bad flags)."""
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from capsjax.nn.efficient import EfficientCapsNet
 from capsjax.nn.model import count_params
 from capsjax.train import archs, model_state
 from capsjax.train.config import TrainConfig
-from conftest import run_cli
+from conftest import assert_finite, records, run_cli
 
 OFFICIAL_PARAMS = 161_824  # the paper's and the official code's count, without the decoder
 BATCH_NORM_CHANNELS = 32 + 64 + 64 + 128  # the four convolutions' outputs
@@ -349,16 +348,6 @@ RUN = ["train", "--config", "efficient_mnist_cpu", "--max-steps", "6", "--log-ev
        "--batch-size", "8", "--train-examples", "64", "--test-examples", "32", "--no-progress"]
 
 
-def _records(workdir, split):
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return [r for r in map(json.loads, lines) if r["split"] == split]
-
-
-def _assert_finite(record):
-  values = [v for v in record.values() if isinstance(v, (int, float))]
-  assert values and all(math.isfinite(v) for v in values), record
-
-
 def test_cli_trains_and_eval_restores_the_batch_norm_statistics(tmp_path, data_dir, cli_env):
   """`capsjax train --config efficient_mnist_cpu` runs 6 steps with finite losses (margin +
   0.0005 x reconstruction); `capsjax eval` of its checkpoint reproduces the run's final test
@@ -371,11 +360,11 @@ def test_cli_trains_and_eval_restores_the_batch_norm_statistics(tmp_path, data_d
   assert stored["config"]["arch"] == "efficient_capsnet"
   assert stored["config"]["augmentation"] == "efficient_capsnet"
   assert stored["model"]["routing"] == "self_attention"
-  train = _records(workdir, "train")
-  test, = _records(workdir, "test")
+  train = records(workdir, "train")
+  test, = records(workdir, "test")
   assert [r["step"] for r in train] == [3, 6] and test["step"] == 6
   for record in (*train, test):
-    _assert_finite(record)
+    assert_finite(record)
   for record in train:
     assert record["loss"] == pytest.approx(record["margin_loss"]
                                            + 0.0005 * record["reconstruction_loss"], rel=1e-5)
@@ -403,8 +392,8 @@ def test_cli_trains_with_dynamic_routing(tmp_path, data_dir, cli_env):
   assert proc.returncode == 0, proc.stderr
   stored = json.loads((workdir / "config.json").read_text())
   assert stored["model"]["routing"] == "dynamic" and stored["model"]["routing_iters"] == 3
-  for record in (*_records(workdir, "train"), *_records(workdir, "test")):
-    _assert_finite(record)
+  for record in (*records(workdir, "train"), *records(workdir, "test")):
+    assert_finite(record)
   assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 6
 
 

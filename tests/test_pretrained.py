@@ -4,6 +4,7 @@ without a workdir and classifies the first 1,000 MNIST test images as its record
 does not have, and another network are one error line each."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -120,3 +121,42 @@ def test_train_with_another_network_is_one_line(setup, args, message, data_dir, 
   assert len(err) == 1 and err[0].startswith("capsjax: error:") and message in err[0], err
   after = sorted(p.name for p in workdir.rglob("*")) if workdir.exists() else []
   assert "checkpoints" not in after or after == before
+
+
+def test_export_script_writes_a_network_that_loads(data_dir, tmp_path, cli_env):
+  """experiments/export_pretrained.py on a (2-step) run: NAME.json + NAME.npz that
+  `load_pretrained(directory=...)` reads, without the decoder, classifying as the run does (the
+  script checks that on all 10,000 test images and records the accuracy)."""
+  from conftest import REPO
+  workdir = tmp_path / "run"
+  train = run_cli("train", "--config", "efficient_mnist_cpu", "--max-steps", "2", "--batch-size",
+                  "8", "--train-examples", "64", "--test-examples", "16", "--no-progress",
+                  "--workdir", str(workdir), env=cli_env, timeout=600)
+  assert train.returncode == 0, train.stderr
+  out = tmp_path / "shipped"
+  export = run_cli(str(REPO / "experiments" / "export_pretrained.py"), "--workdir", str(workdir),
+                   "--name", "tiny", "--preset", "efficient_mnist_cpu", "--out", str(out),
+                   env=cli_env, timeout=600, program=[sys.executable])
+  assert export.returncode == 0, export.stderr
+  summary = json.loads(export.stdout.strip().splitlines()[-1])
+  assert summary["parameters"] == 161_824 and summary["npz_bytes"] < 2 * 1024 * 1024
+  record, arrays = pretrained.read("tiny", out)
+  assert record["step"] == 2 and record["accuracy"] == summary["accuracy"]
+  assert not any(name.startswith("decoder/") for name in arrays)
+  shipped = capsjax.load_pretrained("tiny", directory=out)
+  run = capsjax.load(workdir)
+  test = storage.load_split("mnist", "test", data_dir, limit=64)
+  np.testing.assert_array_equal(shipped.predict(test.images).classes,
+                                run.predict(test.images).classes)
+
+
+def test_digits_drawn_by_hand(model):
+  """Three digits drawn for this test (experiments/drawn_digits: a 7 and a 4 in dark ink on
+  paper, one of them blue on cream RGB, and a 3 in light chalk on a dark board, 160-220 px),
+  classified from their files through the conversion `capsjax predict` uses."""
+  from conftest import REPO
+  folder = REPO / "experiments" / "drawn_digits"
+  files = ["seven_dark_on_light.png", "three_light_on_dark.png", "four_dark_on_light.png"]
+  prediction = model.predict([str(folder / f) for f in files])
+  assert prediction.classes.tolist() == [7, 3, 4]
+  assert prediction.confident.all()

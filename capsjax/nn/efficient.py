@@ -210,14 +210,8 @@ class EfficientCapsNet(nnx.Module):
     return EfficientOutput(lengths, v, self.decode(v, chosen), couplings)
 
   def decode(self, v: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
-    """The decoder on the digit capsules masked to one class each (the official `Mask`).
-
-    Args:
-      v: [B, num_classes, digit_dim] digit capsules.
-      classes: [B] int, the class whose capsule each example keeps (the others are zeroed).
-
-    Returns:
-      [B, H, W, C] reconstructions in [0, 1], float32.
+    """The decoder on digit capsules v [B, classes, digit_dim] masked to `classes` [B] (the
+    official `Mask`; `Decoder.masked`): [B, H, W, C] float32 in [0, 1].
 
     Raises:
       ValueError: the network was built without its decoder (`reconstruction=False`).
@@ -225,9 +219,7 @@ class EfficientCapsNet(nnx.Module):
     if self.decoder is None:
       raise ValueError("this Efficient-CapsNet was built without its decoder "
                        "(reconstruction=False): it has no reconstructions.")
-    with jax.named_scope("decoder"):
-      mask = jax.nn.one_hot(classes, self.num_classes, dtype=v.dtype)
-      return self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
+    return self.decoder.masked(v, classes)
 
 
 def _feature_size(side: int, primary_kernel: int) -> int:

@@ -183,3 +183,17 @@ class Decoder(nnx.Module):
       x = jax.nn.relu(layer(x))
     x = jax.nn.sigmoid(self.layers[-1](x).astype(jnp.float32))
     return x.reshape(x.shape[0], *self.out_shape)
+
+  def masked(self, v: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """The decoder on class capsules masked to one class each (§4.1: the others zeroed).
+
+    Args:
+      v: [B, N_out, D_out] class capsules.
+      classes: [B] int, the class whose capsule each example keeps.
+
+    Returns:
+      [B, H, W, C] reconstructions in [0, 1], float32.
+    """
+    with jax.named_scope("decoder"):
+      mask = jax.nn.one_hot(classes, v.shape[1], dtype=v.dtype)
+      return self((v * mask[..., None]).reshape(v.shape[0], -1))

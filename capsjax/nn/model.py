@@ -224,9 +224,7 @@ class CapsNet(nnx.Module):
     Returns:
       [B, H, W, C] reconstructions in [0, 1], float32.
     """
-    with jax.named_scope("decoder"):
-      mask = jax.nn.one_hot(classes, self.num_classes, dtype=v.dtype)
-      return self.decoder((v * mask[..., None]).reshape(v.shape[0], -1))
+    return self.decoder.masked(v, classes)
 
 
 def count_params(module: nnx.Module) -> int:
