@@ -84,7 +84,7 @@ class TrainedModel:
     batch_size: images per compiled batch.
     input_shape: (H, W, C) the network takes.
     num_classes: K.
-    record: a pretrained model's record (`capsjax.pretrained.read`: accuracy, date, source);
+    record: a pretrained model's record (`capsjax.infra.pretrained.read`: accuracy, date, source);
       None for a model loaded from a workdir.
   """
 
@@ -242,7 +242,7 @@ def load(workdir: str | os.PathLike, step: int | None = None, *,
 
 def load_pretrained(name: str, *, batch_size: int = 100,
                     directory: str | os.PathLike | None = None) -> TrainedModel:
-  """A pretrained network shipped with capsjax (`capsjax.pretrained.available()`), ready to
+  """A pretrained network shipped with capsjax (`capsjax.infra.pretrained.available()`), ready to
   `predict`; nothing is trained or downloaded.
 
   `efficient_mnist`: Efficient-CapsNet (Mazzia et al. 2021) trained on MNIST with the

@@ -41,7 +41,9 @@ def safe_length(v: jnp.ndarray, axis: int = -1, eps: float = DEFAULT_EPS) -> jnp
 
 
 def squash_exp(s: jnp.ndarray, eps: float = DEFAULT_EPS) -> jnp.ndarray:
-  """Efficient-CapsNet's squash (Mazzia, Salvetti & Chiaberge 2021): v = (1 - e^-|s|) s / |s|; |v| < 1.
+  """Efficient-CapsNet's squash (Mazzia, Salvetti & Chiaberge 2021): v = (1 - e^-|s|) s / |s|.
+
+  |v| < 1, as for Eq. 1, but it saturates exponentially instead of as |s|^2 / (1 + |s|^2).
 
   The official code (EscVM/Efficient-CapsNet, utils/layers.py, `Squash`) computes
   (1 - 1 / (e^|s| + 1e-20)) s / (|s| + 1e-20); here |s| = sqrt(|s|^2 + eps) (`safe_length`), so

@@ -4,8 +4,8 @@ NNX module: the MNIST network of the official code (EscVM/Efficient-CapsNet,
 
 | layer | official code | MNIST output |
 |---|---|---|
-| 4 convs | 5x5/32, 3x3/64, 3x3/64, 3x3/128 stride 2; VALID, ReLU, each followed by batch norm | 9x9x128 |
-| PrimaryCaps | depthwise 9x9 conv (one filter per channel, bias), reshaped, squash_exp | 16 of 8-D |
+| 4 convs | 5x5/32, 3x3/64, 3x3/64, 3x3/128 stride 2; VALID, ReLU, then batch norm | 9x9x128 |
+| PrimaryCaps | depthwise 9x9 conv (a filter per channel, bias), reshaped, squash_exp | 16 of 8-D |
 | FCCaps | votes û_j|i = W_ij u_i, self-attention routing, squash_exp | 10 of 16-D |
 | Generator | FC 512 ReLU, FC 1024 ReLU, FC 784 sigmoid, masked capsules in | 28x28x1 |
 """

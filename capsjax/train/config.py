@@ -6,11 +6,11 @@ import dataclasses
 import math
 from typing import Any
 
-from capsjax.infra import pretrained
 from capsjax import routing as routing_lib
 from capsjax.core.kinds import kind_name, same_kind
 from capsjax.data import augment, datasets
 from capsjax.data.pipeline import PIPELINES
+from capsjax.infra import pretrained
 from capsjax.train import archs
 
 
@@ -57,8 +57,8 @@ class TrainConfig:
     precision: "fp32" or "bf16" (mixed precision, `capsjax.nn.objective.PRECISIONS`).
     devices: data parallelism over this many local devices; None: all.
     pretrained: start from the weights of this shipped pretrained network
-      (`capsjax.pretrained.available()`) instead of a fresh initialisation; the run's network
-      must be the same (a decoder it was shipped without starts fresh). None: a fresh network.
+      (`capsjax.infra.pretrained.available()`) instead of a fresh initialisation; the run's
+      network must be the same (a decoder it was shipped without starts fresh). None: fresh.
   """
 
   dataset: str = "mnist"
@@ -112,7 +112,7 @@ class TrainConfig:
   precision: str = "fp32"
   # Data parallelism over this many local devices (None: all); the batch must split evenly.
   devices: int | None = None
-  # Start from a shipped pretrained network's weights (capsjax.pretrained.available()); None: fresh.
+  # Start from a shipped network's weights (capsjax.infra.pretrained.available()); None: fresh.
   pretrained: str | None = None
 
   def __post_init__(self):

@@ -16,11 +16,11 @@ from typing import Any, Callable
 import numpy as np
 from flax import nnx
 
-from capsjax.infra import pretrained
 from capsjax import routing as routing_lib
 from capsjax.core import streams
 from capsjax.core.kinds import kind_name, same_kind
 from capsjax.data import storage
+from capsjax.infra import pretrained
 from capsjax.infra.checkpoint import CheckpointError, Checkpointer
 from capsjax.train import archs, steps
 from capsjax.train import config as config_lib
