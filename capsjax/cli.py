@@ -55,8 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
   common.add_argument("--verbose", action="store_true",
                       help="show the libraries' (absl, TFDS, Orbax) warning and info lines")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-  t = sub.add_parser("train", help="train (or resume) a CapsNet or the baseline CNN",
-                     parents=[common])
+  t = sub.add_parser("train", help="train (or resume) a CapsNet, the baseline CNN or "
+                     "Efficient-CapsNet", parents=[common])
   t.add_argument("--config", default="quick", metavar="PRESET",
                  help=f"one of {', '.join(presets.available())} (capsjax/train/presets.py; "
                       "quick, hour and *_cpu are sized for a CPU, the others for a GPU; default: "
@@ -77,7 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--max-steps", type=int, default=None)
   t.add_argument("--batch-size", type=int, default=None)
   t.add_argument("--routing", default=None,
-                 help="routing rule: a name from `capsjax rules` (default dynamic), or "
+                 help="routing rule: a name from `capsjax rules` (default: the preset's), or "
                       "MODULE:NAME to import MODULE first (a plugin; recorded with the run)")
   t.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                  help="import MODULE, which registers routing rules (repeatable; recorded)")
@@ -308,7 +308,8 @@ def _predict(args) -> int:
   from capsjax.nn.inputs import to_float
 
   if args.pretrained is not None and args.step is not None:
-    raise ValueError("--step reads a workdir's checkpoint; a --pretrained model has one.")
+    raise ValueError("--step picks a checkpoint of --workdir; a --pretrained model has no "
+                     "checkpoints to choose from.")
   model = (api.load_pretrained(args.pretrained) if args.pretrained is not None
            else api.load(args.workdir, args.step))
   source = args.workdir if args.pretrained is None else f"pretrained {args.pretrained}"
@@ -317,10 +318,10 @@ def _predict(args) -> int:
     out_dir = Path(args.reconstruct)
     if out_dir.exists() and not out_dir.is_dir():
       raise ValueError(f"--reconstruct {str(out_dir)!r} exists and is not a directory.")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if model.predict(np.zeros(model.input_shape, np.uint8)).reconstructions is None:
       raise ValueError(f"--reconstruct: the network of {source!r} (arch {model.arch.name!r}) "
                        "has no decoder, so there is nothing to reconstruct.")
+    out_dir.mkdir(parents=True, exist_ok=True)
   failed, stems = 0, set()
 
   def classify(batch: list) -> None:  # [(name, image, done)], one compiled batch at most

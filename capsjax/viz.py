@@ -253,9 +253,11 @@ class RunTraits(NamedTuple):
 
 def run_traits(model) -> RunTraits:
   """The `RunTraits` of a `capsjax.api.TrainedModel`."""
-  capsnet = getattr(model.model, "decode", None) is not None
+  capsules = getattr(model.model, "decode", None) is not None
+  # A capsule network may be built without its decoder (Efficient-CapsNet's reconstruction=False).
+  decoder = capsules and getattr(model.model, "decoder", None) is not None
   return RunTraits(model.config.dataset, model.arch.name, tuple(model.input_shape[:2]),
-                   capsnet, capsnet, primary_grid(model) is not None)
+                   decoder, capsules, primary_grid(model) is not None)
 
 
 def skip_reason(figure: str, traits: RunTraits) -> str | None:
@@ -267,6 +269,9 @@ def skip_reason(figure: str, traits: RunTraits) -> str | None:
     return f"the run trained on {traits.dataset}, not multimnist"
   if figure == "affnist" and tuple(traits.input_hw) != (40, 40):
     return f"the network takes {traits.input_hw[0]}x{traits.input_hw[1]} inputs, affNIST 40x40"
+  if figure in ("reconstructions", "perturbations") and traits.has_capsules and \
+      not traits.has_decoder:
+    return f"this {traits.arch} network was built without its decoder"
   if figure == "reconstructions" and not traits.has_decoder:
     return f"arch {traits.arch!r} has no decoder"
   if figure == "perturbations" and not traits.has_capsules:
@@ -680,7 +685,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       index outside them, an `out` that is not a directory, or matplotlib not importable.
   """
   from capsjax import api
-  from capsjax.data import datasets, storage
+  from capsjax.data import augment, datasets, storage
   from capsjax.train import archs, model_state
 
   datasets.check_test_examples(test_examples)
@@ -757,8 +762,11 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
     elif fig == "samples":
       rows = _sample_rows(dataset, model.config, data_dir)
       draws = sum(row[0].startswith("train,\nstep") for row in rows)
-      about = datasets.get(dataset).description.replace(
-          "max_shift", f"max_shift = {model.config.max_shift}")
+      record = datasets.get(dataset)
+      about = (f"training augmentation {model.config.augmentation!r}: "
+               f"{augment.describe(model.config.augmentation)}" if record.uses_augmentation
+               else record.description).replace("max_shift",
+                                                 f"max_shift = {model.config.max_shift}")
       draw_grid(rows, path, f"{dataset} ({about}): examples as the "
                             "network sees them" + ("; the training rows: the same examples as "
                                                    "built at training steps 0 and 1" * (draws > 1)))
@@ -772,7 +780,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
                 f"{name}: affNIST-style test examples, true -> predicted (red: wrong)")
     elif fig == "reconstructions":
       if result.reconstructions is None:
-        skip(fig, f"arch {model.arch.name!r} has no decoder")
+        skip(fig, skip_reason(fig, run_traits(model)) or f"arch {model.arch.name!r} has no decoder")
         continue
       draw_reconstructions(images, result, pick_examples(result.labels, result.predictions),
                            path, f"{name}: test images (top) and reconstructions (bottom); red: "

@@ -80,8 +80,8 @@ def main() -> int:
   config = dataclasses.asdict(run.config)
   record = {
       "name": args.name,
-      "description": f"{run.arch.description}, trained on {run.config.dataset} with the "
-                     f"{args.preset} preset; shipped without its decoder",
+      "description": f"{run.arch.name} trained on {run.config.dataset} with the "
+                     f"{args.preset} preset, shipped without its decoder ({run.arch.description})",
       "preset": args.preset,
       "config": config,
       "model": settings,

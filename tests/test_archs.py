@@ -95,7 +95,8 @@ def test_baseline_trains_resumes_and_evaluates_through_the_cli(tmp_path, data_di
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--arch", "resnet"], "unknown arch 'resnet'; expected one of capsnet, baseline"),
+    (["--arch", "resnet"],
+     "unknown arch 'resnet'; expected one of capsnet, baseline, efficient_capsnet"),
     (["--arch", "baseline", "--routing", "uniform"],
      "routing is a setting of arch 'capsnet'; arch 'baseline' does not use it"),
     (["--arch", "baseline", "--model", "digit_dim=8"], "unknown model setting 'digit_dim'"),

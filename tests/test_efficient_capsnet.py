@@ -406,3 +406,20 @@ def test_cli_refuses_vote_chunks_for_efficient_capsnet(tmp_path, capsys, data_di
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("capsjax: error: "), err
   assert "vote_chunk_size" in lines[0] and "Traceback" not in err
+
+
+def test_viz_of_a_network_without_its_decoder_skips_what_needs_one(tmp_path, data_dir):
+  """`--model reconstruction=false`: viz draws what it can and skips reconstructions and
+  perturbations with one line each saying why (exit 0)."""
+  pytest.importorskip("matplotlib")
+  workdir = tmp_path / "nodecoder"
+  assert cli.main([*RUN, "--model", "reconstruction=false", "--max-steps", "3", "--data-dir",
+                   data_dir, "--workdir", str(workdir)]) == 0
+  out = tmp_path / "figures"
+  result = run_cli("viz", "--workdir", str(workdir), "--no-progress", "--test-examples", "32",
+                   "--figures", "reconstructions,perturbations,confusion", "--out", str(out),
+                   env={"TFDS_DATA_DIR": data_dir}, timeout=600)
+  assert result.returncode == 0, result.stderr
+  skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
+  assert len(skipped) == 2 and all("built without its decoder" in line for line in skipped)
+  assert sorted(p.name for p in out.iterdir()) == ["confusion.png"]

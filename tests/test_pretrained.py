@@ -73,7 +73,7 @@ def test_predict_command_on_digit_files(model, data_dir, tmp_path, cli_env):
 @pytest.mark.parametrize("args, message", [
     (["--pretrained", "nope"], "unknown pretrained model 'nope'; expected one of efficient_mnist"),
     (["--pretrained", NAME, "--reconstruct", "OUT"], "has no decoder"),
-    (["--pretrained", NAME, "--step", "5"], "--step reads a workdir's checkpoint"),
+    (["--pretrained", NAME, "--step", "5"], "--step picks a checkpoint of --workdir"),
 ])
 def test_predict_bad_input_is_one_line(args, message, tmp_path, capsys):
   image = tmp_path / "x.png"
@@ -102,6 +102,8 @@ def test_train_starts_from_the_pretrained_weights(data_dir, tmp_path, model):
 @pytest.mark.parametrize("setup, args, message", [
     (None, ["--config", "quick"], "pretrained model 'efficient_mnist' is another network"),
     ("quick", ["--config", "efficient_mnist_cpu"], "holds a checkpoint of a different model"),
+    ("multimnist_cpu", ["--config", "efficient_mnist_cpu"],
+     "holds a checkpoint of a different model"),  # finished, on other data: still refused
     (None, ["--config", "efficient_mnist_cpu", "--routing", "dynamic", "--routing-iters", "3"],
      "routing"),
 ])

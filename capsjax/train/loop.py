@@ -201,6 +201,9 @@ def _restore_or_start(run: _Run, ckpt: Checkpointer, graphdef, state, settings: 
   state, saved = restored
   start_step = int(saved["step"])
   say(f"Resuming from checkpoint at step {start_step} in {ckpt.directory}")
+  if config.pretrained is not None:
+    say(f"Note: pretrained model {config.pretrained!r} is not used: the run resumes from its "
+        "own checkpoint.")
   changed = model_state.changed_on_resume(saved.get("config", {}), config)
   if changed:  # allowed, but the user should know the run leaves the uninterrupted path
     say(f"Note: training settings changed since the checkpoint ({'; '.join(changed)}); the "
@@ -369,7 +372,9 @@ def _decided_by_the_record(config: TrainConfig, workdir: str | os.PathLike
   if record is None or not saved_steps:
     return None
   saved, model = record.get("config", {}), record.get("model", {})
-  if saved.get("dataset") == config.dataset and {"input_shape", "num_classes"} <= set(model):
+  if saved.get("dataset") != config.dataset:
+    return None  # a run on other data is never finished for this one (the loop checks the model)
+  if {"input_shape", "num_classes"} <= set(model):
     model_state.check_resumable(model, model_state.settings_of(
         config, model["input_shape"], model["num_classes"]), workdir)
   length = ("epochs", "max_steps", "batch_size", "dataset", "train_examples")
