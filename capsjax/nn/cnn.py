@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from capsjax.nn.inputs import network_images
+from capsjax.nn.inputs import check_network_sizes, network_images
 from capsjax.nn.layers import Conv2D
 
 
@@ -41,10 +41,7 @@ class BaselineCNN(nnx.Module):
                conv_channels: Sequence[int] = (256, 256, 128), conv_kernel: int = 5,
                hidden: Sequence[int] = (328, 192), dropout: float = 0.5, dtype: Any = None,
                rngs: nnx.Rngs):
-    if len(input_shape) != 3 or min(input_shape) < 1:
-      raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
-    if num_classes < 2:
-      raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    check_network_sizes(input_shape, num_classes)
     if conv_kernel < 1 or conv_kernel % 2 == 0:
       raise ValueError(f"conv_kernel must be odd and positive (SAME padding), got {conv_kernel}.")
     if not 0 <= dropout < 1:

@@ -18,7 +18,7 @@ from flax import nnx
 
 from capsjax.core.squash import safe_length, squash_exp
 from capsjax.nn import conv
-from capsjax.nn.inputs import network_images
+from capsjax.nn.inputs import check_network_sizes, network_images
 from capsjax.nn.layers import Conv2D, Decoder, DigitCaps
 
 # The official network's convolutions: (output channels, kernel side, stride), all VALID + ReLU.
@@ -129,10 +129,7 @@ class EfficientCapsNet(nnx.Module):
                routing_options: Mapping[str, Any] | None = None,
                decoder_hidden: Sequence[int] = (512, 1024), reconstruction: bool = True,
                dtype: Any = None, rngs: nnx.Rngs):
-    if len(input_shape) != 3 or min(input_shape) < 1:
-      raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
-    if num_classes < 2:
-      raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    check_network_sizes(input_shape, num_classes)
     if routing_iters < 1:
       raise ValueError(f"routing_iters must be >= 1, got {routing_iters}.")
     if len(conv_channels) != len(CONVS):

@@ -98,6 +98,18 @@ def network_images(images: Any, input_shape: Sequence[int]) -> Any:
   return to_float(images)
 
 
+def check_network_sizes(input_shape: Sequence[int], num_classes: int) -> None:
+  """A network constructor's checks of its input shape (H, W, C) and class count K.
+
+  Raises:
+    ValueError: input_shape not three positive sizes, or num_classes < 2 (the value named).
+  """
+  if len(input_shape) != 3 or min(input_shape) < 1:
+    raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+
+
 def check_label_dtype(labels: Any) -> None:
   """Checks that `labels` (array, tracer, ShapeDtypeStruct or list) have an integer dtype.
 

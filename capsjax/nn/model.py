@@ -10,7 +10,7 @@ from jax.experimental import checkify
 
 from capsjax.core.squash import safe_length
 from capsjax.nn import conv
-from capsjax.nn.inputs import check_label_dtype, network_images
+from capsjax.nn.inputs import check_label_dtype, check_network_sizes, network_images
 from capsjax.nn.layers import Conv2D, Decoder, DigitCaps, PrimaryCaps
 
 
@@ -134,10 +134,7 @@ class CapsNet(nnx.Module):
                vote_chunk_size: int | None = None,
                decoder_hidden: Sequence[int] = (512, 1024), variant: str = "paper",
                dtype: Any = None, rngs: nnx.Rngs):
-    if len(input_shape) != 3 or min(input_shape) < 1:
-      raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape!r}.")
-    if num_classes < 2:
-      raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    check_network_sizes(input_shape, num_classes)
     if routing_iters < 1:
       raise ValueError(f"routing_iters must be >= 1, got {routing_iters}.")
     if variant not in VARIANTS:
