@@ -14,6 +14,7 @@
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from PIL import Image
 
 from capsjax import images as images_lib
 from capsjax.infra import pretrained as pretrained_lib
+from capsjax.data import arrays as arrays_lib
 from capsjax.data import storage
 from capsjax.nn.objective import Outputs
 from capsjax.train import archs, loop, model_state, presets, steps
@@ -86,6 +88,8 @@ class TrainedModel:
     num_classes: K.
     record: a pretrained model's record (`capsjax.infra.pretrained.read`: accuracy, date, source);
       None for a model loaded from a workdir.
+    class_names: the name of each class, in label order, as the training data named them (a
+      folder's sub-folders, a TFDS set's label names); None: unnamed (older runs).
   """
 
   record: dict[str, Any] | None = None
@@ -95,12 +99,18 @@ class TrainedModel:
     self.step = int(meta["step"])
     self.config = model_state.config_from_saved(meta["config"], report=lambda _: None)
     self.settings = dict(meta["model"])
+    names = meta.get("class_names")
+    self.class_names: tuple[str, ...] | None = tuple(names) if names else None
     self.arch = archs.of_settings(self.settings)
     self.batch_size = batch_size
     model = nnx.merge(graphdef, state)
     self.input_shape: tuple[int, int, int] = model.input_shape
     self.num_classes: int = model.num_classes
     self._outputs = steps.make_outputs_step(graphdef, self.arch.outputs)
+
+  def class_name(self, label: int) -> str:
+    """The name of class `label` (its number as text when the run recorded no names)."""
+    return self.class_names[label] if self.class_names else str(label)
 
   @property
   def model(self):
@@ -277,13 +287,24 @@ def load_pretrained(name: str, *, batch_size: int = 100,
 def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
         data_dir: str | os.PathLike | None = None, *, progress: bool = True,
         tensorboard: bool = False, train_examples: int | None = None,
-        test_examples: int | None = None, **overrides) -> dict[str, Any]:
+        test_examples: int | None = None, train=None, test=None,
+        class_names: list[str] | None = None, **overrides) -> dict[str, Any]:
   """Trains (or resumes) in `workdir` through the same loop as `capsjax train`.
+
+  On your own NumPy arrays (a notebook's data):
+
+      capsjax.fit("quick", "runs/mine", train=(x_train, y_train), test=(x_test, y_test),
+                  class_names=["cat", "dog"], max_steps=500)
+
+  The arrays are checked, written to WORKDIR/arrays.npz (`capsjax.data.arrays`) and trained on
+  as dataset "arrays:WORKDIR/arrays.npz", so `capsjax eval`, `viz` and a resume read the same
+  examples; the network's input size and class count follow from them.
 
   Args:
     config: a preset name ("quick", "paper") or a TrainConfig.
     workdir: as for the CLI.
-    data_dir: as for the CLI (None: $TFDS_DATA_DIR).
+    data_dir: as for the CLI (None: $TFDS_DATA_DIR); not read when training on arrays, an
+      image folder or another set that reads no data dir.
     progress: as `capsjax train` without --no-progress.
     tensorboard: as `capsjax train` with --tensorboard.
     train_examples: use only the first N stored training examples (smoke runs; MultiMNIST: N
@@ -293,14 +314,22 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
       over a built one); recorded with the run as TrainConfig.test_examples, so `capsjax eval`
       and `capsjax viz` of the run use the same number unless told otherwise. None: the
       config's (the preset's).
+    train: (images, labels) to train on: images uint8 [N, H, W, C] (0..255) or float in
+      [0, 1] ([N, H, W]: grey), labels [N] integer classes 0..K-1. With `test`; None: the
+      config's dataset.
+    test: (images, labels) to evaluate on, as `train` (the same H, W, C and dtype).
+    class_names: the K class names, in label order (default: K = the largest label + 1,
+      unnamed).
     **overrides: TrainConfig fields, e.g. max_steps=200, routing="uniform".
 
   Returns:
     The final test metrics, as `capsjax train` prints them (`capsjax.train.loop.train`).
 
   Raises:
-    ValueError: an unknown preset or TrainConfig field, or what `capsjax.train.loop.train`
-      raises (with TrainingInterrupted, NonFiniteError and StorageError).
+    ValueError: an unknown preset or TrainConfig field, arrays of disagreeing lengths, shapes or
+      dtypes (nothing is written then), arrays other than those a run in `workdir` trained on,
+      or what `capsjax.train.loop.train` raises (with TrainingInterrupted, NonFiniteError and
+      StorageError).
   """
   if isinstance(config, str):
     config = presets.get(config)
@@ -315,5 +344,61 @@ def fit(config: "str | config_lib.TrainConfig", workdir: str | os.PathLike,
     overrides["test_examples"] = test_examples  # recorded: eval and viz default to it
   if train_examples is not None:
     overrides["train_examples"] = train_examples  # recorded: a resume without it is told
+  if train is not None or test is not None or class_names is not None:
+    overrides["dataset"] = arrays_lib.PREFIX + str(_write_arrays(workdir, train, test,
+                                                                 class_names))
   config = dataclasses.replace(config, **overrides)
   return loop.train(config, workdir, data_dir, progress=progress, tensorboard=tensorboard)
+
+
+def _as_split(pair, what: str, num_classes: int, class_names) -> storage.Split:
+  """(images, labels) as a checked `storage.Split` (grey [N, H, W] given a channel)."""
+  if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+    raise ValueError(f"{what} must be a pair (images, labels), got {type(pair).__name__}.")
+  images, labels = np.asarray(pair[0]), np.asarray(pair[1])
+  if images.ndim == 3:
+    images = images[..., None]
+  if np.issubdtype(images.dtype, np.floating):
+    images = images.astype(np.float32)
+  try:
+    return storage.Split(images, labels, num_classes, class_names)
+  except ValueError as e:
+    raise ValueError(f"{what}: {e}") from e
+
+
+def _write_arrays(workdir, train, test, class_names):
+  """Checks `capsjax.fit`'s arrays and writes them to WORKDIR/arrays.npz (unless the same are
+  there already); returns that path. ValueError (one line, nothing written) for bad arrays or
+  other arrays than a run in the workdir trained on."""
+  if train is None or test is None:
+    raise ValueError(f"give both train and test arrays (got {'test' if train is None else 'train'} "
+                     "only).")
+  labels = [np.asarray(pair[1]) for pair in (train, test)
+            if isinstance(pair, (tuple, list)) and len(pair) == 2]
+  top = max((int(l.max()) for l in labels if l.size and np.issubdtype(l.dtype, np.integer)),
+            default=1)
+  num_classes = len(class_names) if class_names is not None else max(top + 1, 2)
+  names = None if class_names is None else tuple(class_names)
+  splits = [_as_split(pair, what, num_classes, names) for pair, what in
+            ((train, "train"), (test, "test"))]
+  arrays_lib.check_pair(*splits)
+  path = Path(workdir).expanduser().absolute() / "arrays.npz"
+  if path.is_file():
+    same = True
+    try:
+      same = all(_same_split(arrays_lib.read(path, split), given)
+                 for split, given in zip(("train", "test"), splits))
+    except ValueError:
+      same = False
+    if same:
+      return path
+    if (path.parent / "checkpoints").is_dir():
+      raise ValueError(f"workdir {str(path.parent)!r} holds a run trained on other arrays "
+                       f"({str(path)!r}); use a new workdir for these.")
+  return arrays_lib.write(path, *splits)
+
+
+def _same_split(a: storage.Split, b: storage.Split) -> bool:
+  return (a.images.dtype == b.images.dtype and np.array_equal(a.images, b.images)
+          and np.array_equal(a.labels, b.labels) and a.num_classes == b.num_classes
+          and a.class_names == b.class_names)

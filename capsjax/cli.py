@@ -27,7 +27,7 @@ from pathlib import Path
 from capsjax import __version__
 from capsjax import routing as routing_lib
 from capsjax.core.errors import one_line as _one_line
-from capsjax.data import augment, datasets, pipeline, storage
+from capsjax.data import augment, datasets, pipeline, resize
 from capsjax.infra.runtime import tune_host_allocator
 from capsjax.train import archs, presets
 from capsjax.viz import VIZ_EXAMPLES
@@ -65,7 +65,16 @@ def _build_parser() -> argparse.ArgumentParser:
                  "else, resuming, the one the run recorded)")
   t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl; resumed if present")
   t.add_argument("--dataset", default=None,
-                 help=f"one of {', '.join(datasets.available('train'))} (default: the preset's)")
+                 help=f"one of {', '.join(datasets.available('train'))}, or your own data: "
+                      "tfds:NAME[:VERSION] (any TFDS image-classification set in the data dir), "
+                      "folder:PATH (PATH/CLASS/*.png, or PATH/train/CLASS/... and "
+                      "PATH/test/CLASS/...) (default: the preset's)")
+  t.add_argument("--image-size", default=None, metavar="HxW",
+                 help="tfds: and folder: sets: bring every image to HxW (default: their own "
+                      "size; a folder: the most common one, printed)")
+  t.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                 help="folder: without train/ and test/: hold out this fraction of each class "
+                      "for testing (default 0.1; the same images whatever the seed)")
   t.add_argument("--arch", default=None,
                  help=f"the network: one of {', '.join(archs.available())} (default: the "
                       "preset's; capsnet: the paper's, baseline: its CNN, §5, "
@@ -221,8 +230,11 @@ def _train(args) -> dict:
                "checkpoint_every": args.checkpoint_every,
                "keep_checkpoints": args.keep_checkpoints, "pipeline": args.pipeline,
                "steps_per_dispatch": args.steps_per_dispatch, "precision": args.precision,
-               "devices": args.devices, "pretrained": args.pretrained}
+               "devices": args.devices, "pretrained": args.pretrained,
+               "test_fraction": args.test_fraction}
   overrides = {k: v for k, v in overrides.items() if v is not None}
+  if args.image_size is not None:
+    overrides["image_size"] = list(resize.parse_size(args.image_size))
   if args.model:
     overrides["model"] = {**config.model, **_key_values(args.model, "--model", "digit_dim=8")}
   if args.plugin:
@@ -286,12 +298,8 @@ def _eval(args) -> dict:
   count = _test_count(args)
   if args.dataset is not None:
     datasets.get(args.dataset, "test")
-  from capsjax.train import model_state
-
-  # absolute, resolved once: --data-dir, $TFDS_DATA_DIR, else the one the run recorded
-  data_dir = storage.resolve_data_dir(args.data_dir, model_state.recorded_data_dir(args.workdir))
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
-  return evaluate.evaluate_checkpoint(args.workdir, args.dataset, data_dir, count,
+  return evaluate.evaluate_checkpoint(args.workdir, args.dataset, args.data_dir, count,
                                       args.batch_size,
                                        progress=not args.no_progress, step=args.step)
 
@@ -330,6 +338,7 @@ def _predict(args) -> int:
     pred = model.predict(np.stack([image for _, image, _ in batch]))
     for i, (name, image, done) in enumerate(batch):
       record = {"file": name, "class": int(pred.classes[i]),
+                "class_name": model.class_name(int(pred.classes[i])),
                 "scores": [round(float(x), 6) for x in pred.scores[i]],
                 "confident": bool(pred.confident[i]), "converted": done, "step": model.step}
       if out_dir is not None:

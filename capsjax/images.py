@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from capsjax.data import resize
 from capsjax.nn.inputs import IMAGE_DTYPES
 
 _READABLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F")
@@ -37,6 +38,13 @@ Picture = str | os.PathLike | Image.Image | np.ndarray
 """What `read_image` reads: a file's path, a PIL image, or a uint8 / float [0, 1] array."""
 
 
+# The datasets of digits (and Fashion-MNIST's products) made as MNIST was: a picture for a model
+# trained on one is normalised as in `read_image`; for any other (a user's folder, a TFDS set of
+# photos) it is only converted and resized, as that dataset's images were for training.
+DIGIT_DATASETS = ("mnist", "fashion_mnist", "multimnist", "expanded_mnist", "affnist_style",
+                  "affnist", "tfds:mnist", "tfds:fashion_mnist")
+
+
 def digit_box(input_shape: tuple[int, int, int], dataset: str | None = None
               ) -> tuple[int, str]:
   """The box a figure is scaled to fit, and how it is centred, for a model of `input_shape`.
@@ -51,7 +59,7 @@ def digit_box(input_shape: tuple[int, int, int], dataset: str | None = None
     (box side in pixels, "mass" or "box").
   """
   short = min(input_shape[0], input_shape[1])
-  if dataset == "fashion_mnist":
+  if dataset in ("fashion_mnist", "tfds:fashion_mnist"):
     return short, "box"
   return min(MNIST_BOX, max(1, round(MNIST_BOX * short / MNIST_SIZE))), "mass"
 
@@ -97,7 +105,10 @@ def read_image(source: Picture, input_shape: tuple[int, int, int], *,
       a numpy array: [H', W'] or [H', W', 1] grey, [H', W', 3] RGB or [H', W', 4] RGBA, uint8
       (0..255) or float in [0, 1], of any size.
     input_shape: the model's (H, W, C), C 1 or 3.
-    dataset: the model's training dataset (see `digit_box`); None: MNIST's layout.
+    dataset: the model's training dataset (see `digit_box`); None: MNIST's layout. For a
+      dataset not in DIGIT_DATASETS (an image folder, a TFDS set of photos) only step 1 is
+      done, by PIL's `convert`, and the picture is resized to H x W
+      (`capsjax.data.resize.from_picture`), exactly as that dataset's images were.
     name: what error messages call the picture (default: the path, or "image").
 
   Returns:
@@ -117,6 +128,13 @@ def read_image(source: Picture, input_shape: tuple[int, int, int], *,
   if channels not in (1, 3):
     raise ValueError(f"{label}: the model takes {channels} channels; only 1 (grey) or 3 (RGB) "
                      "can be made from an image.")
+  if dataset is not None and dataset not in DIGIT_DATASETS:  # as its training images were
+    _check_mode(image, label)
+    done = [] if image.size == (width, height) else [
+        f"resized from {image.size[1]}x{image.size[0]} to {height}x{width} (HxW)"]
+    if image.mode not in (("L",) if channels == 1 else ("RGB",)):
+      done.insert(0, f"{image.mode} converted to {'grey' if channels == 1 else 'RGB'}")
+    return resize.from_picture(image, channels, (height, width)), done
   done: list[str] = []
   picture = image
   image = _to_mode(image, "L" if channels == 1 else "RGB", label, done)
@@ -194,12 +212,17 @@ def _from_array(array: np.ndarray, label: str) -> Image.Image:
   return Image.fromarray(np.ascontiguousarray(array))
 
 
+def _check_mode(image: Image.Image, label: str, target: str = "L or RGB") -> None:
+  """Raises ValueError (one line naming the picture) for a PIL mode that cannot be converted."""
+  if image.mode not in _READABLE_MODES:
+    raise ValueError(f"{label}: image mode {image.mode!r} cannot be converted to "
+                     f"{'grey' if target == 'L' else 'RGB' if target == 'RGB' else target}.")
+
+
 def _to_mode(image: Image.Image, target: str, label: str, done: list[str]) -> Image.Image:
   """`image` in PIL mode `target` ("L" or "RGB"), each conversion appended to `done`."""
   mode = image.mode
-  if mode not in _READABLE_MODES:
-    raise ValueError(f"{label}: image mode {mode!r} cannot be converted to "
-                     f"{'grey' if target == 'L' else 'RGB'}.")
+  _check_mode(image, label, target)
   if mode in ("I", "I;16", "F"):  # 16/32-bit grey: scale to 0..255
     values = np.asarray(image, np.float64)
     span = values.max() - values.min()

@@ -616,16 +616,19 @@ def draw_grid(rows: list[tuple[str, np.ndarray, list[str], list[bool]]], path: P
 
 
 def dataset_examples(name: str, config, split: str, data_dir, count: int | None,
-                     stored_limit: int | None = None, key=None):
+                     stored_limit: int | None = None, key=None, at_most: bool = False):
   """(inputs float [n, H, W, C], targets) of `count` examples (spread evenly, `datasets.subset`)
-  of dataset `name`'s `split` as the network sees them (training: with `key`'s randomness)."""
+  of dataset `name`'s `split` as the network sees them (training: with `key`'s randomness);
+  `at_most`: fewer when the set is smaller (else ValueError)."""
   import jax
 
   from capsjax.data import datasets
 
-  ds = datasets.get(name, split)
+  ds = datasets.get(name, split, config)
   stored = ds.load(split, data_dir, stored_limit)
-  indices = datasets.subset(ds.size(split, stored), count, f"the {name} {split} set")
+  size = ds.size(split, stored)
+  count = min(count, size) if at_most and count is not None else count
+  indices = datasets.subset(size, count, f"the {name} {split} set")
   fn = jax.jit(ds.builder(config, split, stored))
   parts = [jax.device_get(fn(key, stored.images, stored.labels, indices[i:i + 500]))
            for i in range(0, len(indices), 500)]
@@ -685,7 +688,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       index outside them, an `out` that is not a directory, or matplotlib not importable.
   """
   from capsjax import api
-  from capsjax.data import augment, datasets, storage
+  from capsjax.data import augment, datasets
   from capsjax.train import archs, model_state
 
   datasets.check_test_examples(test_examples)
@@ -717,11 +720,12 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
   images = labels = None
   if any(f != "curves" for f in drawn):
     # absolute, resolved once: `data_dir`, $TFDS_DATA_DIR, else the one the run recorded
-    data_dir = storage.resolve_data_dir(data_dir, model_state.recorded_data_dir(workdir))
+    data_dir = datasets.data_dir_for(datasets.get(dataset, None, model.config), data_dir,
+                                     model_state.recorded_data_dir(workdir))
   if needs_data:
     if test_examples is None:  # the run's own number (as `capsjax eval`), at most VIZ_EXAMPLES
       count = model.config.test_examples
-      ds = datasets.get(dataset, "test")
+      ds = datasets.get(dataset, "test", model.config)
       if count is None and not ds.host_batches:  # the whole of a built set: its size
         count = ds.size("test", ds.load("test", data_dir, None))
       if count is not None and count > VIZ_EXAMPLES:
@@ -762,7 +766,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
     elif fig == "samples":
       rows = _sample_rows(dataset, model.config, data_dir)
       draws = sum(row[0].startswith("train,\nstep") for row in rows)
-      record = datasets.get(dataset)
+      record = datasets.get(dataset, None, model.config)
       about = (f"training augmentation {model.config.augmentation!r}: "
                f"{augment.describe(model.config.augmentation)}" if record.uses_augmentation
                else record.description).replace("max_shift",
@@ -837,10 +841,10 @@ def _sample_rows(dataset: str, config, data_dir) -> list:
   for split, key, name in (("train", streams.at_step(base, 0).data, "train,\nstep 0's draw"),
                            ("train", streams.at_step(base, 1).data, "train,\nstep 1's draw"),
                            ("test", None, "test")):
-    if split not in datasets.get(dataset).splits:
+    if split not in datasets.get(dataset, None, config).splits:
       continue
     x, y = dataset_examples(dataset, config, split, data_dir, 12, key=key,
-                            stored_limit=None if dataset == "multimnist" else 12)
+                            stored_limit=None if dataset == "multimnist" else 12, at_most=True)
     y = y[0] if isinstance(y, tuple) else y
     if rows and rows[-1][0].startswith(split) and np.array_equal(rows[-1][1], x):
       rows[-1] = (f"{split},\nevery step", *rows[-1][1:])  # the key is not used

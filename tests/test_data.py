@@ -52,7 +52,8 @@ def test_bad_data_dirs(tmp_path, monkeypatch, data_dir):
   (tmp_path / "cifar10" / "3.0.2" / "dataset_info.json").write_text("{}")
   with pytest.raises(ValueError, match="not in data dir"):
     data.load_split("mnist", "train", tmp_path)
-  with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+  with pytest.raises(ValueError, match="dataset 'imagenet' is not in data dir .*tfds build "
+                     "imagenet --data_dir"):
     data.load_split("imagenet", "train", data_dir)
 
 

@@ -8,7 +8,7 @@ The names most scripts use are here too: `load_split`, `Split`, `check_batch`,
 
 from capsjax.data.order import batch_indices, steps_per_epoch
 from capsjax.data.storage import (DATA_DIR_ENV, SUPPORTED_DATASETS, Split, check_batch,
-                                  check_dataset, load_split, resolve_data_dir)
+                                  load_split, resolve_data_dir)
 
 __all__ = ["DATA_DIR_ENV", "SUPPORTED_DATASETS", "Split", "batch_indices", "check_batch",
-           "check_dataset", "load_split", "resolve_data_dir", "steps_per_epoch"]
+           "load_split", "resolve_data_dir", "steps_per_epoch"]

@@ -44,6 +44,12 @@ class Dataset(NamedTuple):
       a network it cannot train).
     host_batches: whether a training example is one stored row (`index` < len(stored)), so the
       host pipeline may gather the rows and pass them as the stored split itself.
+    uses_augmentation: whether its training examples go through the run's augmentation
+      (`TrainConfig.augmentation`).
+    reads_data_dir: whether it is read from the TFDS data dir (an image folder or arrays file
+      is not: no data dir is needed).
+    options: the data settings of `TrainConfig` it takes ("image_size", "test_fraction"); the
+      others must stay unset.
   """
 
   name: str
@@ -55,6 +61,8 @@ class Dataset(NamedTuple):
   loss: Callable[[Any, Any], LossFn]
   host_batches: bool = True
   uses_augmentation: bool = False
+  reads_data_dir: bool = True
+  options: tuple[str, ...] = ()
 
 
 def gather(transform: Callable | None = None) -> ExampleBuilder:

@@ -2,7 +2,9 @@
 read into memory, and the checks every stored or user-given batch passes.
 
 Each split is decoded once into uint8 numpy arrays held in memory (MNIST: 47 MB), so batches are
-plain fancy indexing: no per-step PNG decoding.
+plain fancy indexing: no per-step PNG decoding. Any TFDS image-classification dataset in the
+data dir can be read: its image and class-label features, image size, channels, class count and
+class names come from its own metadata (`load_split`).
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+# The TFDS datasets capsjax's built-in sets read (any other is read through `tfds:NAME`).
 SUPPORTED_DATASETS = ("mnist", "fashion_mnist")
 DATA_DIR_ENV = "TFDS_DATA_DIR"
 
@@ -69,17 +72,39 @@ class Split:
     images: [N, H, W, C] uint8 (0..255) or float in [0, 1].
     labels: [N] integer class indices in [0, num_classes).
     num_classes: the dataset's class count (from its dataset_info), >= 2.
+    class_names: the name of each class, in label order (None: unnamed).
+
+  Raises:
+    ValueError: what `check_batch` raises, or class_names not num_classes distinct strings.
   """
 
   images: np.ndarray
   labels: np.ndarray
   num_classes: int
+  class_names: tuple[str, ...] | None = None
 
   def __post_init__(self):
     check_batch(self.images, self.labels, self.num_classes)
+    if self.class_names is not None:
+      check_class_names(self.class_names, self.num_classes)
 
   def __len__(self) -> int:
     return len(self.labels)
+
+
+def check_class_names(class_names, num_classes: int) -> None:
+  """Raises ValueError (one line) unless `class_names` is `num_classes` distinct non-empty
+  strings."""
+  names = list(class_names) if isinstance(class_names, (list, tuple)) else None
+  if names is None or not all(isinstance(n, str) and n for n in names):
+    raise ValueError(f"class_names must be a list of non-empty strings, got {class_names!r}.")
+  if len(names) != num_classes:
+    raise ValueError(f"class_names has {len(names)} names for {num_classes} classes; expected "
+                     "one name per class, in label order.")
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f"class_names repeats {', '.join(map(repr, repeated))}; expected distinct "
+                     "names.")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None,
@@ -115,70 +140,124 @@ def resolve_data_dir(data_dir: str | os.PathLike | None,
   return path
 
 
-def check_dataset(name: str) -> None:
-  """Raises ValueError unless `name` is a supported dataset."""
-  if name not in SUPPORTED_DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SUPPORTED_DATASETS)}.")
-
-
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
-               limit: int | None = None) -> Split:
+               limit: int | None = None, *, version: str | None = None,
+               image_size: tuple[int, int] | None = None) -> Split:
   """Reads and decodes a whole split (or its first `limit` examples) into memory.
 
   Args:
-    name: "mnist" or "fashion_mnist".
+    name: a TFDS dataset in the data dir ("mnist", "fashion_mnist", "cifar10", ...) with one
+      image feature and one class-label feature (`features_of`).
     split: "train" or "test" (any TFDS split string, e.g. "train[:10%]").
     data_dir: TFDS data_dir; None means $TFDS_DATA_DIR.
     limit: read only the first `limit` examples (tests, smoke runs).
+    version: the dataset version ("3.0.1"); None: the newest in the data dir.
+    image_size: (H, W) to resize every image to (`capsjax.data.resize`); None: the images'
+      own size, which must then be one size (the dataset's declared shape).
 
   Returns:
-    Split(images uint8 [N, 28, 28, 1], labels int32 [N], num_classes).
+    Split(images uint8 [N, H, W, C], labels int32 [N], num_classes, class_names).
 
   Raises:
-    ValueError: an unsupported dataset, a bad data dir (`resolve_data_dir`), a dataset missing
-      from it, files that cannot be read or hold another number of examples than
-      dataset_info.json declares, an empty split, or labels that do not match the declared
-      class count.
+    ValueError: a bad data dir (`resolve_data_dir`), a dataset or version missing from it (the
+      TFDS command that prepares it is named), no image or class-label feature, images of
+      several sizes without `image_size`, files that cannot be read or hold another number of
+      examples than dataset_info.json declares, an empty split, or labels that do not match the
+      declared class count.
   """
-  check_dataset(name)
   path = resolve_data_dir(data_dir)
+  spec = name if version is None else f"{name}:{version}"
+  prepare = (f"prepare it on a machine with internet (`tfds build {name}"
+             f"{'' if version is None else ':' + version} --data_dir {path} "
+             "--file_format array_record`) and copy the folder here; capsjax never downloads")
   if not (path / name).is_dir():
     present = sorted(p.name for p in path.iterdir() if p.is_dir())
     raise ValueError(f"dataset {name!r} is not in data dir {str(path)!r} (found: "
-                     f"{', '.join(present) or 'nothing'}); prepare it with TFDS "
-                     f"(file_format=array_record) on a machine with internet.")
+                     f"{', '.join(present) or 'nothing'}); {prepare}.")
+  if version is not None and not (path / name / version).is_dir():
+    present = sorted(p.name for p in (path / name).iterdir() if p.is_dir())
+    raise ValueError(f"version {version} of dataset {name!r} is not in data dir {str(path)!r} "
+                     f"(found: {', '.join(present) or 'none'}); {prepare}.")
   import tensorflow_datasets as tfds  # slow import; only when data is actually read
 
-  where = f"{name!r} split {split!r} in {str(path)!r}"
+  where = f"{spec!r} split {split!r} in {str(path)!r}"
   try:
-    source = tfds.data_source(name, split=split, data_dir=str(path), download=False)
+    source = tfds.data_source(spec, split=split, data_dir=str(path), download=False)
+    image_key, label_key = features_of(source.dataset_info)
     _check_record_counts(source.dataset_info, split.split("[")[0])
     n = len(source) if limit is None else min(limit, len(source))
     if n == 0:
       raise ValueError("the split has no examples.")
     records = source.__getitems__(range(n))
-    images = np.stack([r["image"] for r in records]).astype(np.uint8)
-    labels = np.asarray([r["label"] for r in records], dtype=np.int32)
-    num_classes = _declared_num_classes(source.dataset_info)
+    pictures = [np.asarray(r[image_key]) for r in records]
+    labels = np.asarray([r[label_key] for r in records], dtype=np.int32)
+    num_classes = _declared_num_classes(source.dataset_info, label_key)
+    names = tuple(source.dataset_info.features[label_key].names)
   except Exception as e:  # TFDS and array_record raise many types for damaged or missing files
     raise ValueError(f"could not read {where}: {e}") from e
+  images = _one_size(pictures, image_size, where)
   try:
-    return Split(images=images, labels=labels, num_classes=num_classes)
+    return Split(images=images, labels=labels, num_classes=num_classes,
+                 class_names=names if len(names) == num_classes else None)
   except ValueError as e:
     raise ValueError(f"{where} does not match its dataset_info ({num_classes} classes): {e}"
                      ) from e
 
 
-def _declared_num_classes(info) -> int:
+def features_of(info) -> tuple[str, str]:
+  """(image feature, class-label feature) of a TFDS dataset's `info`: "image" and "label" when
+  it has them, else its only feature of each kind.
+
+  Raises:
+    ValueError: (one line) no image or no class-label feature, or several and none called
+      "image" / "label" (the features are named).
+  """
+  import tensorflow_datasets as tfds
+
+  features = info.features
+  kinds = {k: type(f).__name__ for k, f in features.items()}
+  chosen = []
+  for kind, preferred, what in ((tfds.features.Image, "image", "image"),
+                                (tfds.features.ClassLabel, "label", "class-label")):
+    keys = [k for k, f in features.items() if isinstance(f, kind)]
+    if preferred in keys:
+      chosen.append(preferred)
+    elif len(keys) == 1:
+      chosen.append(keys[0])
+    else:
+      listed = ", ".join(f"{k} ({v})" for k, v in kinds.items())
+      problem = "no" if not keys else f"{len(keys)} ({', '.join(keys)}) and none called {preferred!r}"
+      raise ValueError(f"dataset {info.name!r} has {problem} {what} feature; capsjax reads one "
+                       f"image and one class label (features: {listed}).")
+  return chosen[0], chosen[1]
+
+
+def _one_size(pictures: list[np.ndarray], image_size, where: str) -> np.ndarray:
+  """The decoded images as one uint8 [N, H, W, C] array: resized to `image_size` when given,
+  else all of one size (ValueError, one line, naming the sizes otherwise)."""
+  from capsjax.data import resize
+
+  pictures = [p[..., None] if p.ndim == 2 else p for p in pictures]
+  if image_size is not None:
+    return np.stack([resize.resize(p, image_size) for p in pictures]).astype(np.uint8)
+  sizes = sorted({p.shape for p in pictures})
+  if len(sizes) > 1:
+    shown = ", ".join("x".join(map(str, s)) for s in sizes[:4])
+    raise ValueError(f"{where} holds images of {len(sizes)} sizes ({shown}"
+                     f"{', ...' if len(sizes) > 4 else ''}); choose one with --image-size HxW.")
+  return np.stack(pictures).astype(np.uint8)
+
+
+def _declared_num_classes(info, label_key: str = "label") -> int:
   """The class count in the dataset's own features.json (TFDS takes it from the builder's code,
   so a features.json that disagrees with the labels would otherwise go unnoticed)."""
   features = Path(info.data_dir) / "features.json"
   if features.is_file():
     spec = json.loads(features.read_text())
-    label = spec.get("featuresDict", {}).get("features", {}).get("label", {})
+    label = spec.get("featuresDict", {}).get("features", {}).get(label_key, {})
     if "numClasses" in label.get("classLabel", {}):
       return int(label["classLabel"]["numClasses"])
-  return info.features["label"].num_classes
+  return info.features[label_key].num_classes
 
 
 def _check_record_counts(info, split_name: str) -> None:

@@ -148,9 +148,11 @@ class CapsNet(nnx.Module):
     h2 = conv.output_size(h1, primary_kernel, primary_stride)
     w2 = conv.output_size(w1, primary_kernel, primary_stride)
     if min(h2, w2) < 1:
+      least = conv_kernel + primary_kernel - 1
       raise ValueError(f"input_shape {tuple(input_shape)} is too small for a {conv_kernel}x"
                        f"{conv_kernel} conv followed by a {primary_kernel}x{primary_kernel} "
-                       f"stride-{primary_stride} conv.")
+                       f"stride-{primary_stride} conv; the smallest input that works is "
+                       f"{least}x{least} (--image-size {least}x{least} or larger).")
     self.input_shape = tuple(int(s) for s in input_shape)
     self.num_classes = num_classes
     self.num_primary = h2 * w2 * primary_channels

@@ -24,7 +24,12 @@ class TrainConfig:
   A run length (`epochs` or `max_steps`) must be set.
 
   Attributes:
-    dataset: a name from `capsjax.data.datasets.available("train")`.
+    dataset: a name from `capsjax.data.datasets.available("train")`, or a user's own data:
+      "tfds:NAME[:VERSION]", "folder:PATH" or "arrays:PATH" (`capsjax.data.datasets`).
+    image_size: [H, W] to bring a user's own images to (tfds: and folder: sets); None: their
+      own size (a folder: the most common one).
+    test_fraction: the fraction of each class a folder without train/ and test/ holds out for
+      testing (None: 0.1, `capsjax.data.folder`).
     arch: the network, a name from `capsjax.train.archs.available()` (capsnet, baseline).
     batch_size: global examples per step.
     epochs: run length in epochs of full batches; `max_steps` wins when both are set.
@@ -62,6 +67,10 @@ class TrainConfig:
   """
 
   dataset: str = "mnist"
+  # A user's own images (tfds:, folder:): brought to [H, W]; a folder without train/ and test/:
+  # this fraction of each class held out for testing (None: 0.1).
+  image_size: list[int] | None = None
+  test_fraction: float | None = None
   arch: str = "capsnet"  # the network: capsjax.train.archs.available() (capsnet, baseline)
   batch_size: int = 128
   epochs: int | None = None  # run length in epochs; max_steps wins when both are set
@@ -159,7 +168,8 @@ class TrainConfig:
     if not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}.")
     archs.get(self.arch)
-    dataset = datasets.get(self.dataset, "train")
+    dataset = datasets.get(self.dataset, "train", self)
+    _check_data_options(self, dataset)
     augment.check(self.augmentation)
     if self.pretrained is not None:
       pretrained.check(self.pretrained)
@@ -195,6 +205,23 @@ def model_options(arch: str = "capsnet") -> dict[str, Any]:
 
 def _positive_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _check_data_options(config: TrainConfig, dataset) -> None:
+  """Raises ValueError (one line) for a data setting the dataset does not take, or a bad
+  image_size / test_fraction."""
+  for name in ("image_size", "test_fraction"):
+    if getattr(config, name) is not None and name not in dataset.options:
+      raise ValueError(f"{name} is a setting of a user's own data (tfds:, folder:); dataset "
+                       f"{config.dataset!r} does not take it (got {getattr(config, name)!r}).")
+  size = config.image_size
+  if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2
+                               and all(map(_positive_int, size))):
+    raise ValueError(f"image_size must be [H, W], two positive integers, got {size!r}.")
+  fraction = config.test_fraction
+  if fraction is not None and (isinstance(fraction, bool) or not isinstance(
+      fraction, (int, float)) or not 0 < fraction < 1):
+    raise ValueError(f"test_fraction must be a number in (0, 1), got {fraction!r}.")
 
 
 def _check_arch_settings(config: TrainConfig) -> None:

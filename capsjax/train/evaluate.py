@@ -71,7 +71,8 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
   Args:
     workdir: a training run's workdir.
     dataset: a test set name (`capsjax.data.datasets.available("test")`); None: the run's own.
-    data_dir: TFDS data_dir; None: $TFDS_DATA_DIR.
+    data_dir: TFDS data_dir; None: $TFDS_DATA_DIR, else the one the run recorded (not read
+      for a dataset that reads none: an image folder, arrays).
     test_examples: N, "all" or None, as above.
     batch_size: examples per compiled batch; None: `steps.default_eval_batch_size()`.
     progress: show a progress bar of examples.
@@ -89,11 +90,13 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
   datasets.check_test_examples(test_examples)
   graphdef, state, meta = model_state.load_for_eval(workdir, step)
   config = model_state.config_from_saved(meta["config"], report=lambda _: None)
-  name = dataset or config.dataset
-  chosen = datasets.get(name, "test")
+  name = datasets.canonical(dataset or config.dataset)
+  chosen = datasets.get(name, "test", config)
   settings = meta["model"]
-  count, at_most = _test_count(config, name, test_examples, data_dir)
-  stored = chosen.load("test", data_dir, count if chosen.host_batches and not at_most else None)
+  recorded = model_state.recorded_data_dir(workdir)
+  count, at_most = _test_count(config, name, test_examples, data_dir, recorded)
+  stored = chosen.load("test", datasets.data_dir_for(chosen, data_dir, recorded),
+                       count if chosen.host_batches and not at_most else None)
   build = chosen.builder(config, "test", stored)
   given = datasets.input_shape(build, stored)
   expected = tuple(settings.get("input_shape", (28, 28, 1)))
@@ -125,7 +128,7 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
   return {"dataset": name, **metrics.test_record(int(meta["step"]), result)}
 
 
-def _test_count(config, name: str, test_examples: int | str | None, data_dir
+def _test_count(config, name: str, test_examples: int | str | None, data_dir, recorded
                 ) -> tuple[int | None, bool]:
   """(count, at_most) of `evaluate_checkpoint`: count None is the whole set; at_most marks a
   run's default carried over to another dataset, to be cut to that set's size."""
@@ -134,6 +137,7 @@ def _test_count(config, name: str, test_examples: int | str | None, data_dir
   at_most = name != config.dataset
   count = config.test_examples
   if at_most and count is None:  # the run evaluated the whole of its own test set
-    own = datasets.get(config.dataset, "test")
-    count = own.size("test", own.load("test", data_dir, None))
+    own = datasets.get(config.dataset, "test", config)
+    count = own.size("test", own.load("test", datasets.data_dir_for(own, data_dir, recorded),
+                                      None))
   return count, at_most

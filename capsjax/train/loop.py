@@ -74,14 +74,15 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   # and a resume without the training one is told that its data changed.
   limits = {k: v for k, v in (("test_examples", test_limit), ("train_examples", train_limit))
             if v is not None}
-  config = dataclasses.replace(config, **limits).validate()
-  dataset = datasets.get(config.dataset, "train")
+  config = dataclasses.replace(config, dataset=datasets.canonical(config.dataset),
+                               **limits).validate()
+  dataset = datasets.get(config.dataset, "train", config)
   if config.pipeline == "host" and not dataset.host_batches:
     raise ValueError(f"dataset {config.dataset!r} builds each example from the whole stored "
                      "split on the device; use --pipeline device or auto, not host.")
   dataset.loss(archs.get(config.arch), config)  # a network the dataset cannot train: now
   # absolute from here on; a resumed run without --data-dir or $TFDS_DATA_DIR reads its own
-  data_dir = storage.resolve_data_dir(data_dir, model_state.recorded_data_dir(workdir))
+  data_dir = datasets.data_dir_for(dataset, data_dir, model_state.recorded_data_dir(workdir))
   mesh = parallel.make_mesh(config.devices, config.batch_size)
   if tensorboard:
     tensorboard_lib.check_available()
@@ -93,8 +94,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, data_dir: str | None 
   # Everything decidable from the config and the data is decided before the workdir is touched
   # (a batch larger than the training set, more test examples than the set has).
   splits = _load_splits(dataset, config, data_dir)
+  settings = _settings(config, dataset, splits.train)
+  nnx.eval_shape(lambda: model_state.create_model(settings, config))  # e.g. inputs too small
   if config.pretrained is not None:  # a shipped network of another kind: refused here too
-    model_state.check_pretrained(_settings(config, dataset, splits.train), config.pretrained)
+    model_state.check_pretrained(settings, config.pretrained)
   workdir = prepare_workdir(workdir)
   # Process 0 owns the workdir (the lock, metrics, config.json); the others of a multi-process
   # run only take part in the checkpoints' collective writes and reads.
@@ -121,7 +124,7 @@ class _Run(NamedTuple):
   dataset: Dataset
   splits: _Splits
   workdir: Path
-  data_dir: Path
+  data_dir: Path | None  # None: a dataset that reads no data dir (an image folder, arrays)
   lock: WorkdirLock
   mesh: jax.sharding.Mesh | None
   progress: bool
@@ -159,7 +162,8 @@ def _train_locked(run: _Run) -> dict[str, Any]:
     _record_run(run, settings, total_steps, ckpt)
     write = _metrics_writer(run, ckpt, board)
     evaluation = _Evaluation(run, graphdef, write, board)
-    meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed}
+    meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed,
+            "class_names": _class_names(run.splits.train)}
     state, final_step, training_s = _run_chunks(run, graphdef, state, start_step, total_steps,
                                                 ckpt, meta, write, evaluation)
     final = evaluation(state, final_step)
@@ -219,11 +223,18 @@ def _record_run(run: _Run, settings: dict[str, Any], total_steps: int,
   """Writes WORKDIR/config.json (process 0, `model_state.RUN_RECORD`): the run's config,
   network settings, absolute data dir and length in steps."""
   text = json.dumps({"config": dataclasses.asdict(run.config), "model": settings,
-                     "data_dir": str(run.data_dir), "total_steps": total_steps}, indent=2)
+                     "class_names": _class_names(run.splits.train),
+                     "data_dir": None if run.data_dir is None else str(run.data_dir),
+                     "total_steps": total_steps}, indent=2)
   try:
     distributed.decide(lambda: write_text_atomic(run.workdir / model_state.RUN_RECORD, text))
   except StorageError as e:
     raise StorageError(f"{e}; {ckpt.last_complete_phrase()}") from e
+
+
+def _class_names(split: storage.Split) -> list[str] | None:
+  """The class names a run records (checkpoints and config.json): the dataset's, or None."""
+  return None if split.class_names is None else list(split.class_names)
 
 
 def _metrics_writer(run: _Run, ckpt: Checkpointer, board):
