@@ -25,7 +25,7 @@ from PIL import Image
 from capsjax import images as images_lib
 from capsjax.infra import pretrained as pretrained_lib
 from capsjax.data import arrays as arrays_lib
-from capsjax.data import storage
+from capsjax.data import augment, storage
 from capsjax.nn.objective import Outputs
 from capsjax.train import archs, loop, model_state, presets, steps
 from capsjax.train import config as config_lib
@@ -90,6 +90,10 @@ class TrainedModel:
       None for a model loaded from a workdir.
     class_names: the name of each class, in label order, as the training data named them (a
       folder's sub-folders, a TFDS set's label names); None: unnamed (older runs).
+    picture_shape: (H, W, C) of the images `predict` takes: the training set's stored images
+      (CIFAR-10: 32x32x3), which the run's test-time processing (`capsjax.data.augment`; CIFAR-10:
+      the centre 24x24 crop, standardised) turns into the network's `input_shape`; the same as
+      `input_shape` for a run without one.
   """
 
   record: dict[str, Any] | None = None
@@ -106,7 +110,12 @@ class TrainedModel:
     model = nnx.merge(graphdef, state)
     self.input_shape: tuple[int, int, int] = model.input_shape
     self.num_classes: int = model.num_classes
-    self._outputs = steps.make_outputs_step(graphdef, self.arch.outputs)
+    test = augment.preprocessing(self.config).test
+    stored = meta.get("stored_shape") if test is not None else None
+    self.picture_shape: tuple[int, int, int] = tuple(stored or self.input_shape)
+    self._network_outputs = steps.make_outputs_step(graphdef, self.arch.outputs)
+    self._outputs = self._network_outputs if test is None else steps.make_outputs_step(
+        graphdef, lambda net, images: self.arch.outputs(net, test(images, None)[0]))
 
   def class_name(self, label: int) -> str:
     """The name of class `label` (its number as text when the run recorded no names)."""
@@ -128,7 +137,7 @@ class TrainedModel:
     Raises:
       ValueError: (one line naming the picture) what `capsjax.images.read_image` raises.
     """
-    return images_lib.read_image(source, self.input_shape, dataset=self.config.dataset,
+    return images_lib.read_image(source, self.picture_shape, dataset=self.config.dataset,
                                  name=name)
 
   def _pictures(self, images) -> list | None:
@@ -141,14 +150,14 @@ class TrainedModel:
       return list(images)
     if isinstance(images, (list, tuple)) and images and all(
         isinstance(x, np.ndarray) for x in images) and any(
-        x.ndim == 2 or (x.ndim == 3 and x.shape != tuple(self.input_shape)) for x in images):
+        x.ndim == 2 or (x.ndim == 3 and x.shape != tuple(self.picture_shape)) for x in images):
       return list(images)  # arrays of pictures (of any sizes), not one batch
     array = np.asarray(images) if not isinstance(images, np.ndarray) else images
-    size = int(np.prod(self.input_shape))
-    if array.ndim == 2 and array.shape[1] == size and array.shape[0] != self.input_shape[0]:
+    size = int(np.prod(self.picture_shape))
+    if array.ndim == 2 and array.shape[1] == size and array.shape[0] != self.picture_shape[0]:
       raise ValueError(f"images of shape {array.shape} look like a batch of flattened images; "
-                       f"reshape them to [B, {', '.join(map(str, self.input_shape))}].")
-    if array.ndim == 2 or (array.ndim == 3 and array.shape != self.input_shape
+                       f"reshape them to [B, {', '.join(map(str, self.picture_shape))}].")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape != self.picture_shape
                            and array.shape[-1] in (1, 3, 4)):
       return [array]
     return None
@@ -172,25 +181,37 @@ class TrainedModel:
                          + " ".join(problems))
       return np.stack(converted)
     images = np.asarray(images)
-    if images.ndim == len(self.input_shape):
+    if images.ndim == len(self.picture_shape):
       images = images[None]
-    if images.ndim != 4 or images.shape[1:] != self.input_shape:
-      raise ValueError(f"images must have shape [B, {', '.join(map(str, self.input_shape))}] or "
-                       f"[{', '.join(map(str, self.input_shape))}], got {images.shape}.")
+    if images.ndim != 4 or images.shape[1:] != self.picture_shape:
+      shape = ", ".join(map(str, self.picture_shape))
+      raise ValueError(f"images must have shape [B, {shape}] or [{shape}], got {images.shape}.")
     storage.check_batch(images, np.zeros(len(images), np.int32), self.num_classes)
     return images
 
-  def outputs(self, images) -> Outputs:
+  def outputs(self, images, *, processed: bool = False) -> Outputs:
     """The network's test-time outputs (numpy; see `capsjax.nn.objective.Outputs`: scores, capsules,
-    reconstructions, routing couplings) of `images` as for `predict` (pictures included)."""
-    images = self._batch(images)
+    reconstructions, routing couplings) of `images` as for `predict` (pictures included).
+
+    `processed`: `images` are the network's inputs already, float [B, *input_shape] as the
+    dataset's builder makes them (after the run's test-time processing, so of any range: what
+    `capsjax viz` draws); only their shape is checked.
+    """
+    if processed:
+      images = np.asarray(images, np.float32)
+      if images.ndim != 4 or images.shape[1:] != self.input_shape:
+        raise ValueError(f"processed images must have shape [B, "
+                         f"{', '.join(map(str, self.input_shape))}], got {images.shape}.")
+    else:
+      images = self._batch(images)
+    step = self._network_outputs if processed else self._outputs
     parts = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
       padded = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]),
                                                chunk.dtype)])
       parts.append([None if x is None else np.asarray(x)[:len(chunk)]
-                    for x in self._outputs(self.state, padded)])
+                    for x in step(self.state, padded)])
     return Outputs(*(None if columns[0] is None else np.concatenate(columns)
                            for columns in zip(*parts)))
 
@@ -199,7 +220,7 @@ class TrainedModel:
 
     `images` is either
 
-    - the network's input already: [B, H, W, C] or one [H, W, C] (the model's `input_shape`),
+    - the network's input already: [B, H, W, C] or one [H, W, C] (the model's `picture_shape`),
       uint8 (0..255, read as /255) or float in [0, 1] (`capsjax.nn.inputs`), used as it is; or
     - pictures: a file's path (str or PathLike), a PIL image, a grey [H', W'] array, or an RGB
       [H', W', 3] (RGBA [H', W', 4], grey [H', W', 1]) array of another shape, uint8 or float in

@@ -137,8 +137,12 @@ def _build_parser() -> argparse.ArgumentParser:
   t.add_argument("--tensorboard", action="store_true",
                  help="also log to WORKDIR/tensorboard (needs the tensorboard extra)")
   e = sub.add_parser("eval", help="evaluate the latest checkpoint on the test examples the run "
-                     "evaluated on (or --test-examples N / all)", parents=[common])
-  e.add_argument("--workdir", required=True)
+                     "evaluated on (or --test-examples N / all); several --workdir: each "
+                     "model and their ensemble (scores summed)", parents=[common])
+  e.add_argument("--workdir", required=True, action="append",
+                 help="the run to evaluate; repeat it for an ensemble: each run's newest "
+                      "checkpoint alone and all of them together (class scores summed, as the "
+                      "official code's CIFAR-10 ensemble)")
   e.add_argument("--data-dir", default=None, help=_RECORDED_DATA_DIR)
   e.add_argument("--batch-size", type=int, default=None,
                  help="default: the backend's measured best (docs/results.md)")
@@ -299,7 +303,13 @@ def _eval(args) -> dict:
   if args.dataset is not None:
     datasets.get(args.dataset, "test")
   routing_lib.load_plugins(args.plugin)  # those the run recorded are imported when it loads
-  return evaluate.evaluate_checkpoint(args.workdir, args.dataset, args.data_dir, count,
+  if len(args.workdir) > 1:
+    if args.step is not None:
+      raise ValueError("--step picks a checkpoint of one run; an ensemble evaluates each run's "
+                       "newest checkpoint.")
+    return evaluate.evaluate_ensemble(args.workdir, args.dataset, args.data_dir, count,
+                                      args.batch_size, progress=not args.no_progress)
+  return evaluate.evaluate_checkpoint(args.workdir[0], args.dataset, args.data_dir, count,
                                       args.batch_size,
                                        progress=not args.no_progress, step=args.step)
 
@@ -326,7 +336,7 @@ def _predict(args) -> int:
     out_dir = Path(args.reconstruct)
     if out_dir.exists() and not out_dir.is_dir():
       raise ValueError(f"--reconstruct {str(out_dir)!r} exists and is not a directory.")
-    if model.predict(np.zeros(model.input_shape, np.uint8)).reconstructions is None:
+    if model.predict(np.zeros(model.picture_shape, np.uint8)).reconstructions is None:
       raise ValueError(f"--reconstruct: the network of {source!r} (arch {model.arch.name!r}) "
                        "has no decoder, so there is nothing to reconstruct.")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ def run_test_set(model, images: np.ndarray, labels: np.ndarray, progress: bool =
   bar = tqdm(total=len(images), unit="example", desc=f"viz: test set ({len(images):,} examples)",
              disable=not progress, dynamic_ncols=True, leave=False)
   for start in range(0, len(images), model.batch_size):
-    out = model.outputs(images[start:start + model.batch_size])
+    out = model.outputs(images[start:start + model.batch_size], processed=True)
     bar.update(len(out.scores))
     predictions.append(np.argmax(out.scores, -1))
     if out.capsules is not None:
@@ -208,7 +208,7 @@ def pair_panels(model, images: np.ndarray, labels: np.ndarray, progress: bool = 
   with tqdm(total=len(images), unit="example", desc=f"viz: test pairs ({len(images):,} examples)",
             disable=not progress, dynamic_ncols=True, leave=False) as bar:
     for start in range(0, len(images), model.batch_size):
-      parts.append(model.outputs(images[start:start + model.batch_size]))
+      parts.append(model.outputs(images[start:start + model.batch_size], processed=True))
       bar.update(len(parts[-1].scores))
   out = type(parts[0])(*(None if columns[0] is None else np.concatenate(columns)
                          for columns in zip(*parts)))
@@ -352,8 +352,13 @@ def _save(plt, fig, path: Path, title: str, dpi: int = 110) -> None:
 
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:
-  """`image` [H, W, C] or [H, W]: uint8 0..255 or float in [0, 1] (`capsjax.nn.inputs.to_float`)."""
+  """`image` [H, W, C] or [H, W]: uint8 0..255 or float in [0, 1] (`capsjax.nn.inputs.to_float`);
+  float values outside [0, 1] (a standardised input, `capsjax.data.augment.cifar10`) are
+  stretched from their own minimum to their maximum."""
   image = to_float(np.asarray(image))
+  low, high = float(image.min()), float(image.max())
+  if low < 0 or high > 1:
+    image = (image - low) / max(high - low, 1e-6)
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
   ax.imshow(image, cmap="gray", vmin=0, vmax=1, **kwargs)
@@ -804,7 +809,7 @@ def render(workdir: str, data_dir: str | None, out: str | None = None,
       if result.type_coupling is None or grid is None:
         skip(fig, f"arch {model.arch.name!r} has no routing")
         continue
-      one = model.outputs(images[image:image + 1])
+      one = model.outputs(images[image:image + 1], processed=True)
       cls = int(np.argmax(one.scores[0]))
       draw_routing(images[image], coupling_map(one.couplings[0], grid, cls), cls,
                    int(labels[image]), result.type_coupling, path,

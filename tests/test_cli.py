@@ -85,8 +85,8 @@ BAD_TRAIN = {
     "multimnist baseline": (["--dataset", "multimnist", "--arch", "baseline"],
                             "trains the capsnet arch only"),
     "unknown config": (["--config", "huge"], "unknown config 'huge'; expected one of affnist, "
-                       "affnist_baseline_cpu, affnist_cpu, baseline, efficient_mnist, "
-                       "efficient_mnist_cpu, hour"),
+                       "affnist_baseline_cpu, affnist_cpu, baseline, cifar10, cifar10_cpu, "
+                       "efficient_mnist, efficient_mnist_cpu, hour"),
     "zero batch size": (["--batch-size", "0"], "batch_size must be positive, got 0"),
     "negative steps": (["--max-steps", "-3"], "max_steps must be positive, got -3"),
     "zero epochs": (["--epochs", "0"], "epochs must be positive, got 0"),

@@ -65,16 +65,19 @@ class Dataset(NamedTuple):
   options: tuple[str, ...] = ()
 
 
-def gather(transform: Callable | None = None) -> ExampleBuilder:
+def gather(transform: Callable | None = None, test: Callable | None = None) -> ExampleBuilder:
   """The `ExampleBuilder` of a set whose example i is stored row i: rows `index`, as float32 in
   [0, 1], then `transform(key, images, labels)` when training, i.e. when the builder gets a key
-  (e.g. `augment.shift_transform`); None: the rows alone."""
+  (e.g. `augment.shift_transform`); then `test(images, labels)`, always (a recipe's test half,
+  `augment.Preprocessing.test`, for the test builder); None: the rows alone."""
 
   def build(key, images, labels, index):
     x = to_float(jnp.take(images, index, axis=0))
     y = jnp.take(labels, index, axis=0)
     if transform is not None and key is not None:
       x, y = transform(key, x, y)
+    if test is not None:
+      x, y = test(x, y)
     return x, y
 
   return build

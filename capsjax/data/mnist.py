@@ -21,12 +21,13 @@ load_mnist = tfds_loader("mnist")
 
 
 def builder(config, split: str, stored: storage.Split):
-  """The `Dataset.builder` of MNIST and Fashion-MNIST: training rows through the run's
-  augmentation (`augment.training_transform`; by default shifted by up to `config.max_shift` px
-  in each direction, zero fill, the paper's §5); test: the rows unchanged. `stored` is not
-  needed."""
+  """The `Dataset.builder` of MNIST, Fashion-MNIST and every stored single-label set (tfds:,
+  folder:, arrays:): training rows through the run's preprocessing (`augment.preprocessing`;
+  by default shifted by up to `config.max_shift` px in each direction, zero fill, the paper's
+  §5); test rows through its test half (by default unchanged). `stored` is not needed."""
   del stored
-  return gather(augment.training_transform(config) if split == "train" else None)
+  recipe = augment.preprocessing(config)
+  return gather(recipe.train) if split == "train" else gather(test=recipe.test)
 
 
 def loss(arch, config):

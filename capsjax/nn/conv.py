@@ -24,6 +24,30 @@ def output_size(size: int, kernel: int, stride: int) -> int:
   return (size - kernel) // stride + 1
 
 
+PADDINGS = ("VALID", "SAME")
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """(before, after) zero padding, in pixels, that makes a VALID convolution of a `size` input
+  TensorFlow's SAME one: output ceil(size / stride), the odd pixel after."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def pad_same(x: jnp.ndarray, kernel: int, stride: int) -> jnp.ndarray:
+  """[B, H, W, C] zero padded (`same_padding` of H and of W) so that a VALID convolution of it
+  is TensorFlow's SAME one of `x`."""
+  return jnp.pad(x, ((0, 0), same_padding(x.shape[1], kernel, stride),
+                     same_padding(x.shape[2], kernel, stride), (0, 0)))
+
+
+def padded_output_size(size: int, kernel: int, stride: int, padding: str = "VALID") -> int:
+  """Spatial size (pixels) of a VALID (`output_size`) or SAME (ceil(size / stride))
+  convolution's output."""
+  return -(-size // stride) if padding == "SAME" else output_size(size, kernel, stride)
+
+
 @functools.lru_cache(maxsize=None)
 def _patch_indices(height: int, width: int, kernel: int, stride: int) -> np.ndarray:
   """[OH*OW, kernel*kernel] flat input positions read by each output position."""

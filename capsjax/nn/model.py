@@ -24,7 +24,8 @@ class CapsNetOutput(NamedTuple):
     lengths: [B, classes] class scores: the DigitCaps lengths |v_k|, or the activations a_k of a
       routing rule that carries them (em, inverted_dot_product).
     v: [B, classes, digit_dim] DigitCaps.
-    reconstructions: [B, H, W, C] decoder output in [0, 1].
+    reconstructions: [B, H, W, C] decoder output in [0, 1]; None for a network built without
+      its decoder (`reconstruction=False`).
     couplings: [B, N_primary, classes] the routing rule's final coupling coefficients c_ij
       (Eq. 3; assignment probabilities for EM). Primary capsule i = (row * OW + col) *
       primary_channels + type on the `CapsNet.primary_grid` (OH, OW, primary_channels).
@@ -32,7 +33,7 @@ class CapsNetOutput(NamedTuple):
 
   lengths: jnp.ndarray
   v: jnp.ndarray
-  reconstructions: jnp.ndarray
+  reconstructions: jnp.ndarray | None
   couplings: jnp.ndarray | None = None
 
 
@@ -115,13 +116,19 @@ class CapsNet(nnx.Module):
     routing_options: keyword options of the rule, e.g. {"leaky": True}.
     vote_chunk_size: dynamic routing only: input capsules per chunk of votes; None: all at once.
     decoder_hidden: the decoder's hidden widths ((512, 1024)).
+    padding: "VALID" (the paper's MNIST network) or "SAME" (TensorFlow's, zero padding that
+      keeps Conv1's size and gives ceil(size / stride) primary positions: the official CIFAR-10
+      runs' `padding=SAME`).
+    reconstruction: build the decoder (False: no reconstructions and no reconstruction loss,
+      the official CIFAR-10 runs' `remake=false`).
     variant: "paper" or "official" (above).
     dtype: computation dtype (None: float32; jnp.bfloat16: mixed precision, above).
     rngs: initialisation keys.
 
   Raises:
     ValueError: an input_shape that is not three positive sizes or is too small for Conv1 and
-      PrimaryCaps, num_classes < 2, routing_iters < 1, an unknown variant, variant "official"
+      PrimaryCaps, num_classes < 2, routing_iters < 1, an unknown padding or variant, variant
+      "official"
       with another rule or with vote chunking, or a routing rule, option or chunk size that
       `DigitCaps` refuses.
   """
@@ -132,9 +139,12 @@ class CapsNet(nnx.Module):
                digit_dim: int = 16, routing: str = "dynamic", routing_iters: int = 3,
                routing_options: Mapping[str, Any] | None = None,
                vote_chunk_size: int | None = None,
-               decoder_hidden: Sequence[int] = (512, 1024), variant: str = "paper",
-               dtype: Any = None, rngs: nnx.Rngs):
+               decoder_hidden: Sequence[int] = (512, 1024), padding: str = "VALID",
+               reconstruction: bool = True, variant: str = "paper", dtype: Any = None,
+               rngs: nnx.Rngs):
     check_network_sizes(input_shape, num_classes)
+    if padding not in conv.PADDINGS:
+      raise ValueError(f"padding must be one of {', '.join(conv.PADDINGS)}, got {padding!r}.")
     if routing_iters < 1:
       raise ValueError(f"routing_iters must be >= 1, got {routing_iters}.")
     if variant not in VARIANTS:
@@ -144,9 +154,10 @@ class CapsNet(nnx.Module):
       raise ValueError(f"variant 'official' needs routing 'dynamic' without vote chunking, got "
                        f"routing {routing!r}, vote_chunk_size {vote_chunk_size}.")
     h, w, c = input_shape
-    h1, w1 = conv.output_size(h, conv_kernel, 1), conv.output_size(w, conv_kernel, 1)
-    h2 = conv.output_size(h1, primary_kernel, primary_stride)
-    w2 = conv.output_size(w1, primary_kernel, primary_stride)
+    size = lambda n, k, s: conv.padded_output_size(n, k, s, padding)
+    h1, w1 = size(h, conv_kernel, 1), size(w, conv_kernel, 1)
+    h2 = size(h1, primary_kernel, primary_stride) if h1 >= 1 else 0
+    w2 = size(w1, primary_kernel, primary_stride) if w1 >= 1 else 0
     if min(h2, w2) < 1:
       least = conv_kernel + primary_kernel - 1
       raise ValueError(f"input_shape {tuple(input_shape)} is too small for a {conv_kernel}x"
@@ -164,8 +175,9 @@ class CapsNet(nnx.Module):
                             routing_iters, routing_options, vote_chunk_size, bias=official,
                             dtype=dtype, rngs=rngs)
     self.decoder = Decoder(num_classes * digit_dim, decoder_hidden, self.input_shape,
-                           dtype=dtype, rngs=rngs)
-    self.variant = variant
+                           dtype=dtype, rngs=rngs) if reconstruction else None
+    self.variant, self.padding = variant, padding
+    self.kernels = (conv_kernel, primary_kernel, primary_stride)
     if official:
       self._initialise_as_official(rngs)
 
@@ -176,12 +188,13 @@ class CapsNet(nnx.Module):
     def normal(std: float, shape) -> jnp.ndarray:
       return std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape)
 
+    decoder = self.decoder.layers if self.decoder is not None else []
     weights = [(self.conv1.kernel, 0.05), (self.primary.conv.kernel, 0.1), (self.digits.W, 0.1),
-               *((layer.kernel, 0.1) for layer in self.decoder.layers)]
+               *((layer.kernel, 0.1) for layer in decoder)]
     for param, std in weights:
       param[...] = normal(std, param.shape)
     biases = [self.conv1.bias, self.primary.capsule_bias, self.digits.routing_params["bias"],
-              *(layer.bias for layer in self.decoder.layers)]
+              *(layer.bias for layer in decoder)]
     for param in biases:
       param[...] = jnp.full(param.shape, 0.1)
 
@@ -203,12 +216,17 @@ class CapsNet(nnx.Module):
 
   def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None) -> CapsNetOutput:
     # Named scopes name the parts' ops in profiles (benchmarks/step_profile.py).
+    conv_kernel, primary_kernel, primary_stride = self.kernels
+    same = self.padding == "SAME"
     with jax.named_scope("conv1"):
-      x = jax.nn.relu(self.conv1(self._inputs(images, labels)))
+      x = self._inputs(images, labels)
+      x = jax.nn.relu(self.conv1(conv.pad_same(x, conv_kernel, 1) if same else x))
     with jax.named_scope("primary_caps"):
-      u = self.primary(x)
+      u = self.primary(conv.pad_same(x, primary_kernel, primary_stride) if same else x)
     v, couplings, activations = self.digits(u)  # its scopes: votes, routing
     lengths = safe_length(v) if activations is None else activations
+    if self.decoder is None:
+      return CapsNetOutput(lengths=lengths, v=v, reconstructions=None, couplings=couplings)
     chosen = labels if labels is not None else jnp.argmax(lengths, axis=-1)
     return CapsNetOutput(lengths=lengths, v=v, reconstructions=self.decode(v, chosen),
                          couplings=couplings)
@@ -222,7 +240,13 @@ class CapsNet(nnx.Module):
 
     Returns:
       [B, H, W, C] reconstructions in [0, 1], float32.
+
+    Raises:
+      ValueError: the network was built without its decoder (`reconstruction=False`).
     """
+    if self.decoder is None:
+      raise ValueError("this CapsNet was built without its decoder (reconstruction=False): it "
+                       "has no reconstructions.")
     return self.decoder.masked(v, classes)
 
 

@@ -141,3 +141,98 @@ def _test_count(config, name: str, test_examples: int | str | None, data_dir, re
     count = own.size("test", own.load("test", datasets.data_dir_for(own, data_dir, recorded),
                                       None))
   return count, at_most
+
+
+def evaluate_ensemble(workdirs: list[str | os.PathLike], dataset: str | None = None,
+                      data_dir: str | None = None, test_examples: int | str | None = None,
+                      batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
+  """Several runs' newest checkpoints evaluated on one test set, each alone and together: the
+  ensemble's class scores are the sum of the networks' scores (capsule lengths, or the rule's
+  activations), its prediction their argmax, as the official CapsNet code evaluates its seven
+  CIFAR-10 models (`experiment.py`, `--num_trials=7`: the lengths of every model summed).
+
+  The test set is the first run's (or `dataset`), its examples chosen as `evaluate_checkpoint`
+  chooses them for the first run; each network sees them built by its own run's test-time
+  processing (`capsjax.data.augment`).
+
+  Args:
+    workdirs: two or more training runs' workdirs.
+    dataset, data_dir, test_examples, batch_size, progress: as `evaluate_checkpoint`.
+
+  Returns:
+    {"dataset", "test_examples", "models": [{"workdir", "step", "test_accuracy"}, ...],
+      "ensemble_test_accuracy"}.
+
+  Raises:
+    ValueError: (one line) fewer than two workdirs, one that cannot be read, networks of other
+      input shapes or class counts than the first's (the workdir named), or a test set whose
+      examples have more than one label (MultiMNIST).
+  """
+  if len(workdirs) < 2:
+    raise ValueError(f"an ensemble needs at least two --workdir, got {len(workdirs)}.")
+  datasets.check_test_examples(test_examples)
+  runs = []
+  for workdir in workdirs:
+    graphdef, state, meta = model_state.load_for_eval(workdir, report=lambda _: None)
+    config = model_state.config_from_saved(meta["config"], report=lambda _: None)
+    runs.append((str(workdir), graphdef, state, meta, config))
+  first_dir, _, _, first_meta, first = runs[0]
+  sizes = lambda meta: (tuple(meta["model"].get("input_shape", (28, 28, 1))),
+                        meta["model"].get("num_classes", 10))
+  for workdir, _, _, meta, _ in runs[1:]:
+    if sizes(meta) != sizes(first_meta):
+      (shape, k), (shape0, k0) = sizes(meta), sizes(first_meta)
+      raise ValueError(f"the network in {workdir!r} takes {'x'.join(map(str, shape))} inputs "
+                       f"and {k} classes, the one in {first_dir!r} {'x'.join(map(str, shape0))} "
+                       f"and {k0}; an ensemble needs networks of one input size and class count.")
+  name = datasets.canonical(dataset or first.dataset)
+  chosen = datasets.get(name, "test", first)
+  recorded = model_state.recorded_data_dir(first_dir)
+  count, at_most = _test_count(first, name, test_examples, data_dir, recorded)
+  stored = chosen.load("test", datasets.data_dir_for(chosen, data_dir, recorded),
+                       count if chosen.host_batches and not at_most else None)
+  size = chosen.size("test", stored)
+  if at_most:
+    count = min(count, size)
+    size = count if chosen.host_batches else size
+  indices = datasets.subset(size, count, f"the {name} test set")
+  batch_size = batch_size or steps.default_eval_batch_size()
+  device_stored = jax.device_put((stored.images, stored.labels))
+  total, labels, models = None, None, []
+  bar = tqdm(total=len(runs) * len(indices), unit="example", disable=not progress,
+             desc=f"ensemble of {len(runs)} on {name}", dynamic_ncols=True, leave=False)
+  with bar:
+    for workdir, graphdef, state, meta, config in runs:
+      build = datasets.get(name, "test", config).builder(config, "test", stored)
+      scores, labels = _scores(graphdef, state, archs.of_settings(meta["model"]), build,
+                               device_stored, indices, batch_size, bar)
+      models.append({"workdir": workdir, "step": int(meta["step"]),
+                     "test_accuracy": float(np.mean(np.argmax(scores, -1) == labels))})
+      total = scores if total is None else total + scores
+  return {"dataset": name, "test_examples": len(indices), "models": models,
+          "ensemble_test_accuracy": float(np.mean(np.argmax(total, -1) == labels))}
+
+
+def _scores(graphdef, state, arch, build, stored, indices: np.ndarray, batch_size: int, bar
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """([N, K] class scores, [N] labels) of one network over test examples `indices`, in
+  fixed-size batches (the last padded)."""
+
+  @jax.jit
+  def step(state, images, labels, index):
+    x, targets = build(None, images, labels, index)
+    if isinstance(targets, tuple):
+      raise ValueError("an ensemble is evaluated on single-label test sets; this one gives "
+                       f"{len(targets)} labels per example.")
+    return steps.outputs_of(graphdef, arch.outputs, state, x).scores, targets
+
+  parts, targets = [], []
+  for start in range(0, len(indices), batch_size):
+    part = indices[start:start + batch_size]
+    index = np.zeros(batch_size, np.int32)
+    index[:len(part)] = part
+    scores, labels = jax.device_get(step(state, *stored, index))
+    parts.append(scores[:len(part)])
+    targets.append(labels[:len(part)])
+    bar.update(len(part))
+  return np.concatenate(parts), np.concatenate(targets)

@@ -163,7 +163,8 @@ def _train_locked(run: _Run) -> dict[str, Any]:
     write = _metrics_writer(run, ckpt, board)
     evaluation = _Evaluation(run, graphdef, write, board)
     meta = {"config": dataclasses.asdict(config), "model": settings, "seed": config.seed,
-            "class_names": _class_names(run.splits.train)}
+            "class_names": _class_names(run.splits.train),
+            "stored_shape": list(run.splits.train.images.shape[1:])}
     state, final_step, training_s = _run_chunks(run, graphdef, state, start_step, total_steps,
                                                 ckpt, meta, write, evaluation)
     final = evaluation(state, final_step)

@@ -243,7 +243,11 @@ def make_outputs_step(graphdef: Any, outputs_fn: Callable[[nnx.Module, jnp.ndarr
   scores, capsules, reconstructions; state as for `make_eval_step`). Images: uint8 0..255 or
   float in [0, 1] (`capsjax.nn.inputs.to_float`); another dtype raises ValueError naming it."""
 
-  def step(state, images):
-    return outputs_fn(_model_of(nnx.merge(graphdef, state)), to_float(images))
+  return jax.jit(lambda state, images: outputs_of(graphdef, outputs_fn, state, images))
 
-  return jax.jit(step)
+
+def outputs_of(graphdef: Any, outputs_fn: Callable[[nnx.Module, jnp.ndarray], Outputs], state,
+               images) -> Outputs:
+  """The network's test-time `Outputs` of `images` (what `make_outputs_step` compiles; pure, to
+  call inside another compiled function)."""
+  return outputs_fn(_model_of(nnx.merge(graphdef, state)), to_float(images))

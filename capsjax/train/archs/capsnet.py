@@ -1,4 +1,5 @@
-"""CapsNet as a trainable `Arch`: margin loss (Eq. 4) + 0.0005 x reconstruction loss (§4.1)."""
+"""CapsNet as a trainable `Arch`: margin loss (Eq. 4) + 0.0005 x reconstruction loss (§4.1;
+the margin loss alone for a network built without its decoder)."""
 
 from typing import Any
 
@@ -45,6 +46,8 @@ def loss_fn(recon_weight: float = losses.RECONSTRUCTION_WEIGHT) -> LossFn:
       margin = losses.margin_loss(out.lengths, jax.nn.one_hot(labels, model.num_classes))
       if model.variant == "official":
         margin = margin / (2 * model.num_classes)
+      if out.reconstructions is None:  # built without its decoder (reconstruction=False)
+        return Losses(margin, {"margin_loss": margin}, out.lengths)
       recon = losses.reconstruction_loss(out.reconstructions, images)
     return Losses(margin + recon_weight * recon,
                   {"margin_loss": margin, "reconstruction_loss": recon}, out.lengths)
