@@ -86,7 +86,7 @@ BAD_TRAIN = {
                             "trains the capsnet arch only"),
     "unknown config": (["--config", "huge"], "unknown config 'huge'; expected one of affnist, "
                        "affnist_baseline_cpu, affnist_cpu, baseline, cifar10, cifar10_cpu, "
-                       "efficient_mnist, efficient_mnist_cpu, hour"),
+                       "efficient_mnist, efficient_mnist_cpu, hour, multimnist"),
     "zero batch size": (["--batch-size", "0"], "batch_size must be positive, got 0"),
     "negative steps": (["--max-steps", "-3"], "max_steps must be positive, got -3"),
     "zero epochs": (["--epochs", "0"], "epochs must be positive, got 0"),

@@ -53,7 +53,7 @@ def test_version_and_the_presets_in_the_help(capsys):
     cli.main(["train", "--help"])
   help_text = " ".join(capsys.readouterr().out.split())
   assert f"one of {', '.join(presets.available())}" in help_text
-  assert len(presets.available()) == 16
+  assert len(presets.available()) == 20
 
 
 def test_the_run_records_its_data_dir_and_length(run, data_dir):

@@ -1,6 +1,7 @@
 """The datasets the training loop can train and evaluate on, by name (see `dataset.Dataset`):
 `mnist`, `fashion_mnist`, `multimnist` (§6) and `expanded_mnist` (§5.2) to train on;
-`affnist_style` and `affnist` (§5.2) to evaluate on; and a user's own data by a prefixed name:
+`smallnorb` (§7, as the official code reads it); `affnist_style` and `affnist` (§5.2) to
+evaluate on; and a user's own data by a prefixed name:
 
 - `tfds:NAME[:VERSION]`: any TFDS image-classification dataset of the data dir (`tfds_sets`);
 - `folder:PATH`: a folder of images, one sub-folder per class (`folder`);
@@ -19,9 +20,10 @@ from capsjax.data.expanded_mnist import EXPANDED_MNIST as _EXPANDED_MNIST
 from capsjax.data.mnist import FASHION_MNIST as _FASHION_MNIST
 from capsjax.data.mnist import MNIST as _MNIST
 from capsjax.data.multimnist import MULTIMNIST as _MULTIMNIST
+from capsjax.data.smallnorb import SMALLNORB as _SMALLNORB
 
 _DATASETS = {d.name: d for d in (_MNIST, _FASHION_MNIST, _MULTIMNIST, _EXPANDED_MNIST,
-                                 _AFFNIST_STYLE, _AFFNIST)}
+                                 _SMALLNORB, _AFFNIST_STYLE, _AFFNIST)}
 # The prefixed names of a user's own data: prefix -> make(name, config) -> Dataset.
 _OWN_DATA = {
     tfds_sets.PREFIX: lambda name, config: tfds_sets.dataset(

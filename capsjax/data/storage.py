@@ -142,7 +142,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None,
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
                limit: int | None = None, *, version: str | None = None,
-               image_size: tuple[int, int] | None = None) -> Split:
+               image_size: tuple[int, int] | None = None,
+               features: tuple[tuple[str, ...], str] | None = None) -> Split:
   """Reads and decodes a whole split (or its first `limit` examples) into memory.
 
   Args:
@@ -154,6 +155,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     version: the dataset version ("3.0.1"); None: the newest in the data dir.
     image_size: (H, W) to resize every image to (`capsjax.data.resize`); None: the images'
       own size, which must then be one size (the dataset's declared shape).
+    features: (image features, label feature) to read instead of `features_of`'s choice; the
+      image features' channels are concatenated (smallNORB's two stereo views: 2 channels).
 
   Returns:
     Split(images uint8 [N, H, W, C], labels int32 [N], num_classes, class_names).
@@ -183,13 +186,16 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
   where = f"{spec!r} split {split!r} in {str(path)!r}"
   try:
     source = tfds.data_source(spec, split=split, data_dir=str(path), download=False)
-    image_key, label_key = features_of(source.dataset_info)
+    image_keys, label_key = features or features_of(source.dataset_info)
+    image_keys = (image_keys,) if isinstance(image_keys, str) else image_keys
     _check_record_counts(source.dataset_info, split.split("[")[0])
     n = len(source) if limit is None else min(limit, len(source))
     if n == 0:
       raise ValueError("the split has no examples.")
     records = source.__getitems__(range(n))
-    pictures = [np.asarray(r[image_key]) for r in records]
+    views = lambda r: [np.asarray(r[k]) for k in image_keys]
+    pictures = [np.concatenate([v[..., None] if v.ndim == 2 else v for v in views(r)], -1)
+                for r in records]
     labels = np.asarray([r[label_key] for r in records], dtype=np.int32)
     num_classes = _declared_num_classes(source.dataset_info, label_key)
     names = tuple(source.dataset_info.features[label_key].names)

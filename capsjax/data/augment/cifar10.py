@@ -44,19 +44,31 @@ def centre_crop(image: jnp.ndarray, size: int = CROP) -> jnp.ndarray:
   return jax.lax.dynamic_slice(image, ((h - size) // 2, (w - size) // 2, 0), (size, size, c))
 
 
+def random_crop(key: jax.Array, image: jnp.ndarray, size: int) -> jnp.ndarray:
+  """A [size, size] window of one [H, W, C] image at a uniform offset (`tf.random_crop`)."""
+  h, w, c = image.shape
+  dy, dx = jax.random.randint(key, (2,), 0, jnp.array([h - size + 1, w - size + 1]))
+  return jax.lax.dynamic_slice(image, (dy, dx, 0), (size, size, c))
+
+
+def brightness_contrast(key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+  """`random_brightness(max_delta=63)` then `random_contrast(0.2, 1.8)` of one [H, W, C] image
+  on the 0..255 scale, unclipped (steps 3 and 4 of the module docstring)."""
+  bright, contrast = jax.random.split(key)
+  x = image + jax.random.uniform(bright, (), jnp.float32, -MAX_BRIGHTNESS_DELTA,
+                                 MAX_BRIGHTNESS_DELTA)
+  factor = jax.random.uniform(contrast, (), jnp.float32, *CONTRAST_RANGE)
+  mean_c = jnp.mean(x, axis=(0, 1), keepdims=True)
+  return (x - mean_c) * factor + mean_c
+
+
 def distort(key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
   """Steps 1-5 of the module docstring for one image [32, 32, 3] float in [0, 1]; returns
   [24, 24, 3] standardised."""
-  crop, flip, bright, contrast = jax.random.split(key, 4)
-  h, w, c = image.shape
-  dy, dx = jax.random.randint(crop, (2,), 0, jnp.array([h - CROP + 1, w - CROP + 1]))
-  x = jax.lax.dynamic_slice(image * 255.0, (dy, dx, 0), (CROP, CROP, c))
+  crop, flip, colour = jax.random.split(key, 3)
+  x = random_crop(crop, image * 255.0, CROP)
   x = jnp.where(jax.random.bernoulli(flip), x[:, ::-1], x)
-  x = x + jax.random.uniform(bright, (), jnp.float32, -MAX_BRIGHTNESS_DELTA,
-                             MAX_BRIGHTNESS_DELTA)
-  factor = jax.random.uniform(contrast, (), jnp.float32, *CONTRAST_RANGE)
-  mean_c = jnp.mean(x, axis=(0, 1), keepdims=True)
-  return standardise((x - mean_c) * factor + mean_c)
+  return standardise(brightness_contrast(colour, x))
 
 
 def train(key: jax.Array, images: jnp.ndarray, labels: jnp.ndarray):
