@@ -101,7 +101,8 @@ def test_cifar10_cpu_end_to_end(two_runs, capsys):
   last = records(workdir, "test")[-1]
   assert last["test_examples"] == 48 and "test_reconstruction_loss" not in last
   capsys.readouterr()
-  assert cli.main(["eval", "--workdir", str(workdir), "--no-progress"]) == 0
+  assert cli.main(["eval", "--workdir", str(workdir), "--data-dir", FIXTURES,
+                   "--no-progress"]) == 0
   again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert again["test_accuracy"] == last["test_accuracy"]
   picture = workdir.parent / "photo.png"  # a picture of another size: resized to 32x32
@@ -110,13 +111,14 @@ def test_cifar10_cpu_end_to_end(two_runs, capsys):
   line = json.loads(capsys.readouterr().out.strip())
   assert line["class_name"] == recorded["class_names"][line["class"]]
   assert line["converted"] == ["resized from 50x40 to 32x32 (HxW)"]
-  assert cli.main(["viz", "--workdir", str(workdir), "--figures", "samples,routing"]) == 0
+  assert cli.main(["viz", "--workdir", str(workdir), "--data-dir", FIXTURES, "--figures",
+                   "samples,routing"]) == 0
 
 
 def test_the_ensemble_of_two_runs(two_runs, capsys):
   capsys.readouterr()
   assert cli.main(["eval", *(a for w in two_runs for a in ("--workdir", str(w))),
-                   "--no-progress"]) == 0
+                   "--data-dir", FIXTURES, "--no-progress"]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["test_examples"] == 48 and len(result["models"]) == 2
   # Each model's figure is its own evaluation's; the ensemble's is the argmax of the summed
@@ -145,6 +147,6 @@ def test_ensemble_bad_input(two_runs, tmp_path, capsys, data_dir):
                    "--no-progress"]) == 0
   capsys.readouterr()
   assert cli.main(["eval", "--workdir", str(two_runs[0]), "--workdir", str(mnist),
-                   "--no-progress"]) == 2
+                   "--data-dir", FIXTURES, "--no-progress"]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("capsjax: error: the network in") and "takes 28x28x1 inputs" in err

@@ -29,9 +29,9 @@ def _digits(n=64, seed=0):
 
 def test_registry_names_and_splits():
   assert datasets.available("train") == ["mnist", "fashion_mnist", "multimnist",
-                                         "expanded_mnist"]
+                                         "expanded_mnist", "smallnorb"]
   assert datasets.available("test") == ["mnist", "fashion_mnist", "multimnist", "expanded_mnist",
-                                        "affnist_style", "affnist"]
+                                        "smallnorb", "affnist_style", "affnist"]
   with pytest.raises(ValueError, match="unknown dataset 'cifar'; expected one of mnist"):
     datasets.get("cifar")
   with pytest.raises(ValueError, match="'affnist' has no train split"):

@@ -186,7 +186,7 @@ def test_config_refuses_augmentation_for_multimnist():
 
 def test_unknown_augmentation_names_the_choices():
   """An unregistered name is refused by the registry and by the config, naming the choices."""
-  choices = "expected one of shift, efficient_capsnet, none"
+  choices = "expected one of shift, efficient_capsnet, cifar10, smallnorb, none"
   with pytest.raises(ValueError, match=f"unknown augmentation 'flip'; {choices}"):
     augment.check("flip")
   with pytest.raises(ValueError, match=f"unknown augmentation 'flip'; {choices}"):

@@ -236,7 +236,7 @@ def test_predict_command_reports_confident_and_bad_pictures(workdir, tmp_path, c
   model = capsjax.load(workdir)
   expected = model.predict(tmp_path / "photo.jpg")
   for r in records:
-    assert list(r) == ["file", "class", "scores", "confident", "converted", "step"]
+    assert list(r) == ["file", "class", "class_name", "scores", "confident", "converted", "step"]
     assert r["confident"] == bool(expected.confident[0]) and r["class"] == expected.classes[0]
     assert r["converted"] == model.read_image(tmp_path / "photo.jpg")[1]
     assert r["converted"][:2] == ["background estimated from the border (grey 210) and divided "

@@ -14,7 +14,7 @@ from PIL import Image
 import capsjax
 from capsjax import cli
 from capsjax.data import datasets, storage
-from capsjax.data.augment import smallnorb as recipe
+from capsjax.data.augment import norb as recipe
 from conftest import records
 
 FIXTURES = str(Path(__file__).parent / "fixtures" / "tfds")
@@ -51,7 +51,8 @@ def test_smallnorb_cpu_end_to_end(tmp_path, capsys):
   last = records(workdir, "test")[-1]
   assert last["test_examples"] == 40 and "test_reconstruction_loss" in last
   capsys.readouterr()
-  assert cli.main(["eval", "--workdir", str(workdir), "--no-progress"]) == 0
+  assert cli.main(["eval", "--workdir", str(workdir), "--data-dir", FIXTURES,
+                   "--no-progress"]) == 0
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_accuracy"] == \
       last["test_accuracy"]
   # Two views are no picture file: predict takes them as arrays of the stored shape.

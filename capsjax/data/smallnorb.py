@@ -9,7 +9,7 @@ views, and `label_category`). The official code resizes with TF 1's `tf.image.re
 samples input (2i, 2j) exactly, so the 48x48 image is every second row and column of the 96x96
 one, which is what is stored here (24,300 x 48 x 48 x 2 uint8 per split: 112 MB). Training
 examples go through the run's preprocessing (`--augmentation smallnorb`: the official
-brightness, contrast, 32x32 crop and standardisation; `capsjax.data.augment.smallnorb`).
+brightness, contrast, 32x32 crop and standardisation; `capsjax.data.augment.norb`).
 """
 
 from capsjax.data import storage

@@ -296,7 +296,7 @@ def smallnorb() -> TrainConfig:
   code (Sarasra/models, research/capsules) gives no smallNORB command, so its defaults: the
   paper's CapsNet (VALID padding, 32 primary capsule types, decoder on) on both stereo views as
   2 channels at 48x48 (`capsjax.data.smallnorb`), random 32x32 crops with brightness and
-  contrast, standardised (`capsjax.data.augment.smallnorb`; the centre crop at test time),
+  contrast, standardised (`capsjax.data.augment.norb`; the centre crop at test time),
   5 classes; the decoder reconstructs the standardised crop, as the official code's does.
   Batch 128, Adam 1e-3 decayed x0.96 per 2,000 steps continuously, floored at 1e-6; 300,000
   steps (the official MNIST command's length: none is stated for smallNORB). All 24,300 test

@@ -13,13 +13,13 @@ take one (MNIST, Fashion-MNIST, tfds:, folder: and arrays: sets):
 - `cifar10`: the official CapsNet CIFAR-10 pipeline (random 24x24 crop, flip, brightness and
   contrast, per-image standardisation; test: the centre crop, standardised; `cifar10.py`);
 - `smallnorb`: the official CapsNet smallNORB pipeline (brightness and contrast, random 32x32
-  crop of the 48x48 two-view images, standardisation; test: the centre crop; `smallnorb.py`);
+  crop of the 48x48 two-view images, standardisation; test: the centre crop; `norb.py`);
 - `none`: the images unchanged.
 """
 
 from typing import Any, Callable, NamedTuple
 
-from capsjax.data.augment import cifar10, efficient_mnist, smallnorb
+from capsjax.data.augment import cifar10, efficient_mnist, norb
 from capsjax.data.augment.shift import random_shift, random_shift_batch, shift_transform
 
 
@@ -48,7 +48,7 @@ _AUGMENTATIONS: dict[str, tuple[str, Callable[[Any], Preprocessing]]] = {
                 lambda config: Preprocessing(cifar10.train, cifar10.test)),
     "smallnorb": ("brightness, contrast, random 32x32 crop, per-image standardisation; test: "
                   "centre 32x32 crop, standardised (official CapsNet smallNORB pipeline)",
-                  lambda config: Preprocessing(smallnorb.train, smallnorb.test)),
+                  lambda config: Preprocessing(norb.train, norb.test)),
     "none": ("the images unchanged", lambda config: Preprocessing(None)),
 }
 DEFAULT = "shift"
