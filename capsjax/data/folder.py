@@ -230,7 +230,7 @@ def _decode_all(layout: Layout, image_size, say) -> tuple[storage.Split, storage
   sizes, grey = _headers(layout, files)
   where = f"folder:{layout.root}"
   size = tuple(image_size) if image_size is not None else choose_size(sizes, where)
-  held = (" held out of each class" if layout.held_out else "")
+  held = (", held out of every class" if layout.held_out else "")
   how = ("--image-size" if image_size is not None else
          "the size of all of them" if len(sizes) == 1 else
          f"the size of {sizes[size]:,} of {len(files):,}; choose another with --image-size HxW")
