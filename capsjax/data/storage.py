@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from capsjax.data import resize
+
 # The TFDS datasets capsjax's built-in sets read (any other is read through `tfds:NAME`).
 SUPPORTED_DATASETS = ("mnist", "fashion_mnist")
 DATA_DIR_ENV = "TFDS_DATA_DIR"
@@ -241,8 +243,6 @@ def features_of(info) -> tuple[str, str]:
 def _one_size(pictures: list[np.ndarray], image_size, where: str) -> np.ndarray:
   """The decoded images as one uint8 [N, H, W, C] array: resized to `image_size` when given,
   else all of one size (ValueError, one line, naming the sizes otherwise)."""
-  from capsjax.data import resize
-
   pictures = [p[..., None] if p.ndim == 2 else p for p in pictures]
   if image_size is not None:
     return np.stack([resize.resize(p, image_size) for p in pictures]).astype(np.uint8)

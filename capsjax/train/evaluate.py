@@ -94,9 +94,7 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
   chosen = datasets.get(name, "test", config)
   settings = meta["model"]
   recorded = model_state.recorded_data_dir(workdir)
-  count, at_most = _test_count(config, name, test_examples, data_dir, recorded)
-  stored = chosen.load("test", datasets.data_dir_for(chosen, data_dir, recorded),
-                       count if chosen.host_batches and not at_most else None)
+  stored, indices = _test_set(chosen, config, name, test_examples, data_dir, recorded)
   build = chosen.builder(config, "test", stored)
   given = datasets.input_shape(build, stored)
   expected = tuple(settings.get("input_shape", (28, 28, 1)))
@@ -105,11 +103,6 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
                      f"inputs (trained on {config.dataset}); dataset {name!r} gives "
                      f"{'x'.join(map(str, given))}."
                      " Evaluate it on a dataset of its input size.")
-  size = chosen.size("test", stored)
-  if at_most:
-    count = min(count, size)
-    size = count if chosen.host_batches else size  # a stored set: its first `count`
-  indices = datasets.subset(size, count, f"the {name} test set")
   loss_fn = chosen.loss(archs.of_settings(settings), config)
   eval_step = steps.make_eval_step(graphdef, loss_fn, build)
   bar = tqdm(total=len(indices), unit="example", desc=f"eval {name} ({len(indices):,} examples)",
@@ -126,6 +119,19 @@ def evaluate_checkpoint(workdir: str | os.PathLike, dataset: str | None = None,
     result = evaluate_indexed(counted, state, jax.device_put((stored.images, stored.labels)),
                               indices, batch_size or steps.default_eval_batch_size())
   return {"dataset": name, **metrics.test_record(int(meta["step"]), result)}
+
+
+def _test_set(chosen, config, name: str, test_examples, data_dir, recorded):
+  """(the stored test split, the example indices evaluated) of dataset `chosen` (called `name`)
+  for a run of `config`, as `evaluate_checkpoint` describes them."""
+  count, at_most = _test_count(config, name, test_examples, data_dir, recorded)
+  stored = chosen.load("test", datasets.data_dir_for(chosen, data_dir, recorded),
+                       count if chosen.host_batches and not at_most else None)
+  size = chosen.size("test", stored)
+  if at_most:
+    count = min(count, size)
+    size = count if chosen.host_batches else size  # a stored set: its first `count`
+  return stored, datasets.subset(size, count, f"the {name} test set")
 
 
 def _test_count(config, name: str, test_examples: int | str | None, data_dir, recorded
@@ -188,14 +194,7 @@ def evaluate_ensemble(workdirs: list[str | os.PathLike], dataset: str | None = N
   name = datasets.canonical(dataset or first.dataset)
   chosen = datasets.get(name, "test", first)
   recorded = model_state.recorded_data_dir(first_dir)
-  count, at_most = _test_count(first, name, test_examples, data_dir, recorded)
-  stored = chosen.load("test", datasets.data_dir_for(chosen, data_dir, recorded),
-                       count if chosen.host_batches and not at_most else None)
-  size = chosen.size("test", stored)
-  if at_most:
-    count = min(count, size)
-    size = count if chosen.host_batches else size
-  indices = datasets.subset(size, count, f"the {name} test set")
+  stored, indices = _test_set(chosen, first, name, test_examples, data_dir, recorded)
   batch_size = batch_size or steps.default_eval_batch_size()
   device_stored = jax.device_put((stored.images, stored.labels))
   total, labels, models = None, None, []
